@@ -1,0 +1,96 @@
+"""Typed errors of the core. Each carries a one-line message meant for an operator.
+
+The CLI maps them to exit codes (`exit_code`), the API to HTTP statuses (`http_status`).
+"""
+
+from __future__ import annotations
+
+
+class RollbackError(Exception):
+    """Base class: anything the core refuses or fails to do."""
+
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RollbackError):
+    """An environment variable is missing or invalid."""
+
+    exit_code = 2
+    http_status = 500
+
+
+class InvalidSnapshotId(RollbackError):
+    exit_code = 2
+    http_status = 400
+
+
+class SnapshotNotFound(RollbackError):
+    exit_code = 2
+    http_status = 404
+
+
+class IntegrityError(RollbackError):
+    """An artifact or the manifest does not match what was recorded."""
+
+    exit_code = 1
+    http_status = 422
+
+
+class UnsafeArchive(IntegrityError):
+    """An archive member would escape the staging folder or break a limit."""
+
+
+class ManifestCorrupt(IntegrityError):
+    """manifest.json cannot be parsed or fails validation; it is left untouched."""
+
+
+class LockHeld(RollbackError):
+    """Another snapshot or restore is running."""
+
+    exit_code = 3
+    http_status = 409
+
+    def __init__(self, message: str, holder: dict | None = None):
+        Exception.__init__(self, message, holder)  # args mirror the signature: Celery rebuilds from them
+        self.message = message
+        self.holder = holder or {}
+
+
+class PreflightFailed(RollbackError):
+    """A check before any destructive action failed; nothing was changed."""
+
+    exit_code = 1
+    http_status = 422
+
+
+class StepFailed(RollbackError):
+    """A restore or snapshot step failed; `step` names it, `cause` explains."""
+
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, step: str, cause: str):
+        Exception.__init__(self, step, cause)
+        self.message = f"step {step} failed: {cause}"
+        self.step = step
+        self.cause = cause
+
+
+class CommandFailed(RollbackError):
+    """An external command (pg_dump, git, tar, alembic ...) exited non-zero."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str):
+        tail = " ".join(stderr.strip().splitlines()[-3:])[:500]
+        Exception.__init__(self, argv, returncode, stderr)
+        self.message = f"{argv[0]} exited {returncode}: {tail or 'no error output'}"
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
