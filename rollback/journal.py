@@ -1,0 +1,117 @@
+"""Per-transaction journal: BACKUP_DIR/journal/<txn>.json, rewritten atomically on every event.
+
+It is the truth about a restore: which steps started, which ended, and the marks a step leaves
+to resume where it stopped (e.g. "the pre-restore database copy exists"). Celery's result backend
+only mirrors it for display.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .errors import RollbackError
+from .fsutil import atomic_write_bytes
+from .ids import utc_now_iso, validate_txn_id
+from .manifest import ensure_private_dir
+
+RESTORE_STEPS = ("preflight", "db", "data", "code", "readyz")
+FINAL_STATES = ("succeeded", "failed")
+
+
+class Journal:
+    def __init__(self, backup_dir: Path):
+        self.dir = Path(backup_dir) / "journal"
+
+    def path(self, txn: str) -> Path:
+        return self.dir / f"{validate_txn_id(txn)}.json"
+
+    def create(self, txn: str, **fields) -> dict:
+        ensure_private_dir(self.dir)
+        doc = {
+            "txn": txn,
+            "status": "pending",
+            "created_at": utc_now_iso(),
+            "updated_at": utc_now_iso(),
+            "attempt": 1,
+            "error": None,
+            "steps": {name: {"status": "pending"} for name in RESTORE_STEPS},
+            "marks": {},
+            **fields,
+        }
+        self._write(doc)
+        return doc
+
+    def load(self, txn: str) -> dict:
+        try:
+            return json.loads(self.path(txn).read_text())
+        except FileNotFoundError:
+            raise RollbackError(f"no journal for transaction {txn}") from None
+        except ValueError:
+            raise RollbackError(f"journal of {txn} is unreadable") from None
+
+    def all(self) -> list[dict]:
+        docs = []
+        for path in sorted(self.dir.glob("txn-*.json")) if self.dir.exists() else []:
+            try:
+                docs.append(json.loads(path.read_text()))
+            except ValueError:
+                continue  # reported by `show`, never fatal for listing
+        return docs
+
+    def _write(self, doc: dict) -> None:
+        doc["updated_at"] = utc_now_iso()
+        atomic_write_bytes(self.path(doc["txn"]), json.dumps(doc, indent=2).encode(), mode=0o600)
+
+    def update(self, txn: str, **fields) -> dict:
+        doc = self.load(txn)
+        doc.update(fields)
+        self._write(doc)
+        return doc
+
+    def mark(self, txn: str, key: str, value) -> dict:
+        doc = self.load(txn)
+        doc["marks"][key] = value
+        self._write(doc)
+        return doc
+
+    def step_started(self, txn: str, step: str) -> dict:
+        doc = self.load(txn)
+        entry = doc["steps"][step]
+        entry.update(status="running", started_at=utc_now_iso(), _t0=time.time(), error=None)
+        entry["runs"] = entry.get("runs", 0) + 1
+        doc["status"] = "running"
+        doc["current_step"] = step
+        self._write(doc)
+        return doc
+
+    def step_finished(self, txn: str, step: str, status: str, detail: str = "", error: str | None = None) -> dict:
+        doc = self.load(txn)
+        entry = doc["steps"][step]
+        t0 = entry.pop("_t0", None)
+        entry.update(status=status, ended_at=utc_now_iso(), detail=detail, error=error)
+        if t0 is not None:
+            entry["duration_sec"] = round(time.time() - t0, 3)
+        self._write(doc)
+        return doc
+
+    def finish(self, txn: str, status: str, error: str | None = None) -> dict:
+        doc = self.load(txn)
+        doc.update(status=status, error=error, finished_at=utc_now_iso(), current_step=None)
+        self._write(doc)
+        return doc
+
+
+def step_summary(doc: dict) -> list[dict]:
+    """The per-step view shown by the CLI, the UI and the final task result."""
+    return [
+        {
+            "step": name,
+            "status": doc["steps"][name].get("status", "pending"),
+            "duration_sec": doc["steps"][name].get("duration_sec"),
+            "detail": doc["steps"][name].get("detail", ""),
+            "error": doc["steps"][name].get("error"),
+        }
+        for name in RESTORE_STEPS
+    ]

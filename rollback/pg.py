@@ -1,0 +1,131 @@
+"""Small Postgres helpers on psycopg 3: connections, database copies, renames, inventories."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+import psycopg
+from psycopg import sql
+
+from .errors import RollbackError
+from .settings import DatabaseTarget
+
+MAINTENANCE_DBS = ("postgres", "template1")
+CONNECT_TIMEOUT = 10
+
+
+@contextlib.contextmanager
+def connect(target: DatabaseTarget, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+    """An autocommit connection; errors become one-line RollbackErrors without the password."""
+    name = dbname or target.dbname
+    try:
+        conn = psycopg.connect(target.conninfo(name), autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                               application_name="rollback")
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise RollbackError(f"database {name} on {target.host}:{target.port} unreachable: {first}") from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def connect_maintenance(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
+    """A connection to a database other than the protected one, for CREATE/DROP/RENAME DATABASE."""
+    last: RollbackError | None = None
+    for name in MAINTENANCE_DBS:
+        if name == target.dbname:
+            continue
+        try:
+            with connect(target, name) as conn:
+                yield conn
+                return
+        except RollbackError as exc:
+            last = exc
+    raise last or RollbackError("no maintenance database reachable")
+
+
+def alembic_revision(target: DatabaseTarget, dbname: str | None = None) -> str | None:
+    """The revision(s) in alembic_version, comma-joined; None when the table is absent or empty."""
+    with connect(target, dbname) as conn:
+        exists = conn.execute("select to_regclass('public.alembic_version') is not null").fetchone()[0]
+        if not exists:
+            return None
+        rows = [r[0] for r in conn.execute("select version_num from alembic_version order by 1")]
+    return ",".join(rows) or None
+
+
+def database_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
+
+
+def database_owner(conn: psycopg.Connection, name: str) -> str:
+    row = conn.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s", (name,)).fetchone()
+    if row is None:
+        raise RollbackError(f"database {name} does not exist")
+    return row[0]
+
+
+def terminate_sessions(conn: psycopg.Connection, name: str) -> int:
+    """Terminate every other session on database `name`; return how many were ended."""
+    rows = conn.execute(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+        (name,),
+    ).fetchall()
+    return len(rows)
+
+
+def _with_sessions_ended(conn: psycopg.Connection, name: str, statement: sql.Composable, attempts: int = 10) -> None:
+    """Run a statement that needs `name` to have no sessions, ending any that reconnect meanwhile."""
+    for attempt in range(attempts):
+        terminate_sessions(conn, name)
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == attempts - 1:
+                raise RollbackError(f"database {name} stays in use by other sessions") from None
+            time.sleep(0.2 * (attempt + 1))
+
+
+def copy_database(conn: psycopg.Connection, source: str, dest: str) -> None:
+    """CREATE DATABASE dest TEMPLATE source (a file-level copy), same owner as the source."""
+    owner = database_owner(conn, source)
+    stmt = sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY FILE_COPY").format(
+        sql.Identifier(dest), sql.Identifier(source), sql.Identifier(owner))
+    _with_sessions_ended(conn, source, stmt)
+
+
+def drop_database(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def rename_database(conn: psycopg.Connection, source: str, dest: str) -> None:
+    stmt = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(source), sql.Identifier(dest))
+    _with_sessions_ended(conn, source, stmt)
+
+
+def create_empty_database(conn: psycopg.Connection, name: str, like: str) -> None:
+    """A fresh database from template0 with the owner, encoding and locale of `like`."""
+    row = conn.execute(
+        "select pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype "
+        "from pg_database where datname = %s", (like,)).fetchone()
+    if row is None:
+        raise RollbackError(f"database {like} does not exist")
+    owner, encoding, collate, ctype = row
+    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+        sql.Identifier(name), sql.Identifier(owner), sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype)))
+
+
+def relation_inventory(target: DatabaseTarget) -> set[tuple[str, str]]:
+    """(schema, name) of every table, view, sequence and index outside the system schemas."""
+    with connect(target) as conn:
+        rows = conn.execute(
+            "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "where c.relkind in ('r','p','v','m','S','i','I','f') "
+            "and n.nspname not in ('pg_catalog','information_schema') and n.nspname not like 'pg_toast%%' "
+            "and n.nspname not like 'pg_temp%%'").fetchall()
+    return {(r[0], r[1]) for r in rows}

@@ -1,0 +1,194 @@
+"""Typed settings, loaded and validated once from the environment.
+
+Every other module receives a `Settings` explicitly; nothing else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import unquote, urlsplit
+
+from .errors import ConfigError
+
+_PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
+CODE_STRATEGIES = ("git",)
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where the protected database lives, split so the password never reaches argv."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+    dbname: str
+    query: str = ""
+
+    def libpq_env(self) -> dict[str, str]:
+        """PG* variables for pg_dump/pg_restore/psql: connection details without argv."""
+        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user, "PGDATABASE": self.dbname}
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def conninfo(self, dbname: str | None = None) -> str:
+        """A psycopg conninfo string (used in-process only, never logged)."""
+        parts = {"host": self.host, "port": str(self.port), "user": self.user, "dbname": dbname or self.dbname}
+        if self.password:
+            parts["password"] = self.password
+        return " ".join(f"{k}='{_escape(v)}'" for k, v in parts.items())
+
+    def sqlalchemy_url(self, dbname: str | None = None) -> str:
+        from urllib.parse import quote
+
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"postgresql+psycopg://{auth}@{self.host}:{self.port}/{dbname or self.dbname}"
+
+    def masked_url(self) -> str:
+        pw = ":***" if self.password else ""
+        return f"postgresql://{self.user}{pw}@{self.host}:{self.port}/{self.dbname}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def parse_database_url(url: str) -> DatabaseTarget:
+    """Accept postgresql:// and postgresql+psycopg:// URLs; raise ConfigError otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 5432
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL: not a valid URL ({exc})") from None
+    if parts.scheme not in _PG_SCHEMES:
+        raise ConfigError(f"DATABASE_URL: scheme must be postgresql:// or postgresql+psycopg://, got {parts.scheme or 'none'}://")
+    dbname = unquote(parts.path.lstrip("/"))
+    if not dbname or "/" in dbname:
+        raise ConfigError("DATABASE_URL: the URL must name a database (postgresql://user@host/dbname)")
+    return DatabaseTarget(
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        user=unquote(parts.username) if parts.username else "postgres",
+        password=unquote(parts.password) if parts.password is not None else None,
+        dbname=dbname,
+        query=parts.query,
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseTarget
+    data_base_dir: Path
+    backup_dir: Path
+    backup_retention: int
+    app_repo_dir: Path
+    alembic_config: Path
+    readyz_url: str
+    log_dir: Path
+    celery_broker_url: str
+    celery_result_backend: str
+    ready_timeout_sec: float
+    ready_interval_sec: float
+    code_rollback_strategy: str = "git"
+    gzip_level: int = 1
+    command_timeout_sec: float = 1800.0
+
+    @property
+    def rollback_log(self) -> Path:
+        return self.log_dir / "rollback.log"
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> "Settings":
+        """Load and validate; the first invalid variable raises ConfigError naming it."""
+        env = os.environ if env is None else env
+        cwd = Path(cwd or os.getcwd())
+        url = env.get("DATABASE_URL", "").strip()
+        if not url:
+            raise ConfigError("DATABASE_URL: required (e.g. postgresql://user@127.0.0.1:5432/app)")
+        repo = _path(env, "APP_REPO_DIR", None) or _git_toplevel(cwd)
+        port = _int(env, "PORT", 5000, minimum=1)
+        strategy = env.get("CODE_ROLLBACK_STRATEGY", "git").strip() or "git"
+        if strategy not in CODE_STRATEGIES:
+            raise ConfigError(f"CODE_ROLLBACK_STRATEGY: must be one of {', '.join(CODE_STRATEGIES)}, got {strategy!r}")
+        log_dir = _path(env, "LOG_DIR", Path("logs"))
+        return cls(
+            database=parse_database_url(url),
+            data_base_dir=_path(env, "DATA_BASE_DIR", Path("/var/data")),
+            backup_dir=_path(env, "BACKUP_DIR", Path("/var/tmp/backup")),
+            backup_retention=_int(env, "BACKUP_RETENTION", 14, minimum=1),
+            app_repo_dir=repo,
+            alembic_config=_path(env, "ALEMBIC_CONFIG", None) or repo / "alembic.ini",
+            readyz_url=_url(env, "READYZ_URL", f"http://127.0.0.1:{port}/readyz"),
+            log_dir=log_dir if log_dir.is_absolute() else cwd / log_dir,
+            celery_broker_url=env.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0",
+            celery_result_backend=env.get("CELERY_RESULT_BACKEND") or "redis://127.0.0.1:6379/0",
+            ready_timeout_sec=_float(env, "ROLLBACK_READY_TIMEOUT_SEC", 90.0),
+            ready_interval_sec=_float(env, "ROLLBACK_READY_INTERVAL_SEC", 10.0),
+            code_rollback_strategy=strategy,
+            gzip_level=_int(env, "BACKUP_GZIP_LEVEL", 1, minimum=1, maximum=9),
+        )
+
+
+def _path(env: Mapping[str, str], name: str, default: Path | None) -> Path | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if "\x00" in raw:
+        raise ConfigError(f"{name}: contains a NUL byte")
+    return Path(raw).expanduser()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name}: must be {bound}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name}: must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}: must be an http(s) URL, got {raw!r}")
+    return raw
+
+
+def _git_toplevel(cwd: Path) -> Path:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(cwd), "rev-parse", "--show-toplevel"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return cwd
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else cwd

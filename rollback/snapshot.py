@@ -1,0 +1,154 @@
+"""Snapshot: dump + data archive + revisions, made visible only when complete.
+
+Order (restic's rule: the record is written last): write into BACKUP_DIR/.tmp-<id>, fsync every
+file, rename the folder to BACKUP_DIR/<id>, fsync BACKUP_DIR, then add the manifest entry.
+A crash at any point leaves either nothing visible or an unrecorded folder; both are removed by
+`clean_leftovers` at the start of the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, logbook, pg
+from .archive import create_archive, scan_archive
+from .errors import RollbackError, UnsafeArchive
+from .fsutil import atomic_write_bytes, fsync_dir
+from .ids import SNAPSHOT_ID_RE, new_snapshot_id, utc_now_iso
+from .lock import ServiceLock, describe_holder
+from .errors import LockHeld
+from .manifest import Manifest, ensure_private_dir
+from .settings import Settings
+from .steps.code import strategy_for
+from .steps.db import DUMP_FILE, dump_database
+
+DATA_FILE = "data.tar.gz"
+TMP_PREFIX = ".tmp-"
+SNAPSHOT_STEPS = ("database", "data", "record")
+
+SnapshotProgress = Callable[[str, int, int, str], None]
+
+
+def _quiet(step: str, done: int, total: int, message: str) -> None:
+    return None
+
+
+def clean_leftovers(settings: Settings, manifest: Manifest) -> list[str]:
+    """Remove unfinished temp folders and folders the manifest does not record. Call under the lock."""
+    recorded = {e["id"] for e in manifest.entries()}
+    removed = []
+    for child in settings.backup_dir.iterdir() if settings.backup_dir.exists() else []:
+        if not child.is_dir() or child.is_symlink():
+            continue
+        unfinished = child.name.startswith(TMP_PREFIX)
+        unrecorded = SNAPSHOT_ID_RE.fullmatch(child.name) and child.name not in recorded
+        if unfinished or unrecorded:
+            shutil.rmtree(child)
+            removed.append(child.name)
+    if removed:
+        fsync_dir(settings.backup_dir)
+        logbook.append(settings.rollback_log, logbook.format_event("backup cleanup", removed=",".join(removed)))
+    return removed
+
+
+def create_snapshot(settings: Settings, notes: str = "", progress: SnapshotProgress = _quiet,
+                    snapshot_id: str | None = None) -> dict:
+    """Take a complete snapshot and record it; raises LockHeld when a restore or snapshot runs."""
+    snapshot_id = snapshot_id or new_snapshot_id()
+    manifest = Manifest(settings.backup_dir)
+    lock = ServiceLock(settings.backup_dir)
+    with lock.held({"kind": "snapshot", "snapshot_id": snapshot_id}):
+        active = lock.active()
+        if active:
+            raise LockHeld(f"refused: {describe_holder(active)}", active)
+        clean_leftovers(settings, manifest)
+        return _take(settings, manifest, snapshot_id, notes, progress)
+
+
+def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, progress: SnapshotProgress) -> dict:
+    if not settings.data_base_dir.is_dir():
+        raise RollbackError(f"DATA_BASE_DIR {settings.data_base_dir} is not a directory")
+    created_at = utc_now_iso()
+    logbook.append(settings.rollback_log, logbook.format_event("backup start", id=snapshot_id, notes=notes))
+    tmp = settings.backup_dir / f"{TMP_PREFIX}{snapshot_id}"
+    final = settings.backup_dir / snapshot_id
+    try:
+        app_revision, dirty = strategy_for(settings).current_revision()
+        alembic_revision = pg.alembic_revision(settings.database)
+        tmp.mkdir(mode=0o700)
+
+        progress("database", 0, 1, "pg_dump -Fc")
+        db_art = dump_database(settings, tmp / DUMP_FILE,
+                               progress=lambda n: progress("database", 0, 1, f"pg_dump: {n >> 20} MiB written"))
+        progress("database", 1, 1, f"dump {db_art['size']} bytes")
+
+        progress("data", 0, 1, f"archiving {settings.data_base_dir}")
+        info = create_archive(settings.data_base_dir, tmp / DATA_FILE, gzip_level=settings.gzip_level,
+                              progress=lambda n: progress("data", 0, 1, f"tar: {n >> 20} MiB read"),
+                              timeout=settings.command_timeout_sec)
+        _check_restorable(tmp / DATA_FILE, info.tar_bytes)
+        data_art = {"file": info.file, "sha256": info.sha256, "size": info.size,
+                    "tar_bytes": info.tar_bytes, "codec": info.codec}
+        progress("data", 1, 1, f"archive {info.size} bytes")
+
+        progress("record", 0, 1, "recording the snapshot")
+        entry = {
+            "id": snapshot_id,
+            "created_at": created_at,
+            "completed_at": utc_now_iso(),
+            "notes": notes,
+            "app_revision": app_revision,
+            "app_dirty": dirty,
+            "alembic_revision": alembic_revision,
+            "database": settings.database.dbname,
+            "data_dir": str(settings.data_base_dir),
+            "artifacts": {"db": db_art, "data": data_art},
+            "ready_check": None,
+            "verified": {"at": created_at, "ok": True},
+            "tool_version": __version__,
+        }
+        # The folder describes itself: with only BACKUP_DIR an operator can restore by hand.
+        atomic_write_bytes(tmp / "snapshot.json", json.dumps(entry, indent=2, ensure_ascii=False).encode())
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+        fsync_dir(settings.backup_dir)
+        manifest.add(entry)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and not any(e["id"] == snapshot_id for e in _safe_entries(manifest)):
+            shutil.rmtree(final, ignore_errors=True)
+        logbook.append(settings.rollback_log, logbook.format_event(
+            "backup failed", id=snapshot_id, error=str(exc) or type(exc).__name__))
+        if isinstance(exc, OSError) and not isinstance(exc, RollbackError):
+            raise RollbackError(f"snapshot {snapshot_id} failed: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})".rstrip(" ()")) from None
+        raise
+    progress("record", 1, 1, f"snapshot {snapshot_id} complete")
+    logbook.append(settings.rollback_log, logbook.format_event(
+        "backup complete", id=snapshot_id, app_revision=app_revision[:12], alembic=alembic_revision,
+        db_bytes=db_art["size"], data_bytes=data_art["size"]))
+    return entry
+
+
+def _check_restorable(archive: Path, tar_bytes: int) -> None:
+    """Scan the new archive as a restore would, so an unrestorable snapshot is refused now, not later."""
+    try:
+        scan_archive(archive, max_bytes=tar_bytes)
+    except UnsafeArchive as exc:
+        raise RollbackError(f"DATA_BASE_DIR holds an entry a restore would refuse ({exc}); "
+                            f"remove or replace it (absolute or outside symlinks, devices and FIFOs are not "
+                            f"supported)") from None
+
+
+def _safe_entries(manifest: Manifest) -> list[dict]:
+    try:
+        return manifest.entries()
+    except RollbackError:
+        return []
+
+
+def ensure_backup_dir(settings: Settings) -> Path:
+    return ensure_private_dir(settings.backup_dir)

@@ -1,0 +1,1 @@
+"""Restore and snapshot steps: each a plain function of a StepContext."""

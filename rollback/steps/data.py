@@ -1,0 +1,98 @@
+"""Data directory: verified extraction into a staging folder, then a swap that keeps the old tree.
+
+Normal case: DATA_BASE_DIR is renamed to `<DATA_BASE_DIR>.pre-<txn>` and the staging folder (a
+sibling, same filesystem) is renamed into its place. When DATA_BASE_DIR is a mount point (Render's
+disk), the folder itself cannot move: its children are parked in `DATA_BASE_DIR/.pre-<txn>` and the
+staged children moved in. Every phase is marked in the journal so an interrupted swap resumes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..archive import extract_archive, remove_tree
+from ..errors import RollbackError
+from ..fsutil import fsync_dir
+from .context import StepContext
+
+RESERVED_PREFIXES = (".pre-", ".rollback-stage-")
+
+
+def layout(data_dir: Path, txn: str, mounted: bool) -> tuple[Path, Path]:
+    """(staging, pre) paths for this transaction."""
+    if mounted:
+        return data_dir / f".rollback-stage-{txn}", data_dir / f".pre-{txn}"
+    return data_dir.parent / f".{data_dir.name}.rollback-stage-{txn}", data_dir.parent / f"{data_dir.name}.pre-{txn}"
+
+
+def is_mount(data_dir: Path) -> bool:
+    return data_dir.is_dir() and os.path.ismount(data_dir)
+
+
+def restore_data(ctx: StepContext, mounted: bool | None = None) -> str:
+    data_dir = ctx.settings.data_base_dir
+    marks = ctx.marks()
+    if mounted is None:
+        mounted = marks.get("data_mounted", is_mount(data_dir))
+    ctx.mark("data_mounted", mounted)
+    staging, pre = layout(data_dir, ctx.txn, mounted)
+    phase = marks.get("data_phase")
+
+    if phase is None:
+        _extract(ctx, staging)
+        ctx.mark("data_phase", phase := "extracted")
+    if mounted:
+        if phase == "extracted":
+            ctx.progress(2, 3, f"parking the live files in {pre}")
+            _move_children(data_dir, pre, skip_reserved=True)
+            ctx.mark("data_phase", phase := "parked")
+        if phase == "parked":
+            ctx.progress(2, 3, "moving the restored files in")
+            _move_children(staging, data_dir, skip_reserved=False)
+            staging.rmdir()
+            fsync_dir(data_dir)
+    elif phase == "extracted":
+        ctx.progress(2, 3, f"swapping: live tree kept as {pre}")
+        _swap_folders(data_dir, staging, pre)
+    ctx.mark("data_phase", "swapped")
+    ctx.progress(3, 3, "data directory restored")
+    return f"restored; previous tree kept as {pre}" if pre.exists() else "restored (there was no previous tree)"
+
+
+def _extract(ctx: StepContext, staging: Path) -> None:
+    art = ctx.snapshot["artifacts"]["data"]
+    if staging.exists():
+        remove_tree(staging)  # an unfinished extraction from an interrupted run
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    total = max(art.get("tar_bytes", art["size"]), 1)
+
+    def report(done: int) -> None:
+        ctx.progress(min(done, total) * 2 // total if total else 0, 3, f"extracting {done >> 20} / {total >> 20} MiB")
+
+    ctx.progress(0, 3, f"extracting {art['file']} into {staging}")
+    extract_archive(ctx.artifact_path("data"), staging, expected_sha256=art["sha256"], expected_size=art["size"],
+                    max_bytes=art.get("tar_bytes", 0) or art["size"] * 1000, progress=report)
+
+
+def _swap_folders(live: Path, staging: Path, pre: Path) -> None:
+    """live -> pre, staging -> live, each rename followed by an fsync of the parent; resumable."""
+    if not staging.exists() and live.exists() and pre.exists():
+        return  # both renames already happened
+    if live.exists() and not pre.exists():
+        os.rename(live, pre)
+        fsync_dir(live.parent)
+    if live.exists():
+        raise RollbackError(f"cannot swap: both {live} and {pre} exist and {staging} is not in place")
+    os.rename(staging, live)
+    fsync_dir(live.parent)
+
+
+def _move_children(source: Path, dest: Path, skip_reserved: bool) -> None:
+    dest.mkdir(mode=0o700, exist_ok=True)
+    for child in sorted(os.listdir(source)):
+        if skip_reserved and child.startswith(RESERVED_PREFIXES):
+            continue
+        os.rename(source / child, dest / child)
+    fsync_dir(source)
+    fsync_dir(dest)

@@ -1,0 +1,182 @@
+"""Database: dump for a snapshot; downgrade + restore for a restore, atomic through a pre-copy.
+
+Restore order inside the step:
+1. copy the live database to `<db>__pre_<txn>` (CREATE DATABASE ... TEMPLATE): the previous state,
+   kept recoverable and used to undo this step if anything below fails;
+2. `alembic downgrade <snapshot revision>` with the code still deployed;
+3. `pg_restore --clean --if-exists --single-transaction` of the verified dump;
+4. check nothing created after the snapshot survived; if something did, or the downgrade was
+   impossible, fall back to a clean slate (empty database from template0 + pg_restore), loudly.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .. import logbook, migrations_info, pg
+from ..errors import CommandFailed, RollbackError, StepFailed
+from ..fsutil import HashingWriter
+from ..proc import child_env, run
+from .context import StepContext
+
+DUMP_FILE = "db.dump"
+CHUNK = 1 << 20
+
+
+# -- snapshot ---------------------------------------------------------------------------------
+def dump_database(settings, dest: Path, progress=None) -> dict:
+    """pg_dump -Fc into dest, hashing while writing; returns the artifact record."""
+    argv = ["pg_dump", "--format=custom", "--no-password"]
+    env = child_env(settings.database.libpq_env())
+    with tempfile.TemporaryFile() as errf, open(dest, "wb") as out:
+        writer = HashingWriter(out)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, env=env)
+        try:
+            while chunk := proc.stdout.read(CHUNK):
+                writer.write(chunk)
+                if progress:
+                    progress(writer.size)
+            rc = proc.wait(timeout=settings.command_timeout_sec)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        if rc != 0:
+            errf.seek(0)
+            raise CommandFailed(argv, rc, errf.read().decode("utf-8", "replace"))
+        writer.flush()
+        import os
+
+        os.fsync(out.fileno())
+    dest.chmod(0o600)
+    return {"file": dest.name, "sha256": writer.sha256, "size": writer.size, "format": "pg_dump-custom"}
+
+
+def list_dump(dump: Path, timeout: float) -> str:
+    """`pg_restore --list`: proves the dump is readable and returns its table of contents."""
+    return run(["pg_restore", "--list", str(dump)], timeout=timeout).stdout.decode("utf-8", "replace")
+
+
+_TOC_LINE = re.compile(r"^\d+; \d+ \d+ (?P<kind>TABLE|SEQUENCE|VIEW|MATERIALIZED VIEW|INDEX|CONSTRAINT|FK CONSTRAINT) "
+                       r"(?P<schema>\S+) (?P<rest>.+)$")
+
+
+def dump_relations(toc: str) -> set[tuple[str, str]]:
+    """(schema, name) of relations the dump creates (constraints name their backing indexes)."""
+    found = set()
+    for line in toc.splitlines():
+        m = _TOC_LINE.match(line)
+        if not m:
+            continue
+        words = m["rest"].split()
+        # "TABLE public users owner", "CONSTRAINT public users users_pkey owner"
+        name = words[1] if m["kind"] in ("CONSTRAINT", "FK CONSTRAINT") and len(words) > 2 else words[0]
+        found.add((m["schema"], name))
+    return found
+
+
+# -- restore ----------------------------------------------------------------------------------
+def pre_database_name(live: str, txn: str) -> str:
+    suffix = "__pre_" + txn.removeprefix("txn-").replace("-", "_").lower()
+    return live[: 63 - len(suffix)] + suffix
+
+
+def restore_db(ctx: StepContext) -> str:
+    settings, target = ctx.settings, ctx.settings.database
+    dump = ctx.artifact_path("db")
+    pre = pre_database_name(target.dbname, ctx.txn)
+    ctx.progress(0, 4, "saving the current database as " + pre)
+    _ensure_pre_copy(ctx, pre)
+
+    wanted = ctx.snapshot.get("alembic_revision")
+    method = "downgrade+restore"
+    try:
+        ctx.progress(1, 4, f"alembic downgrade to {wanted or 'base'} with the deployed code")
+        reason = _downgrade(ctx, wanted)
+        if reason is None:
+            ctx.progress(2, 4, "pg_restore --clean of the snapshot dump")
+            _pg_restore(settings, dump, clean=True)
+            leftovers = pg.relation_inventory(target) - dump_relations(list_dump(dump, settings.command_timeout_sec))
+            if leftovers:
+                reason = "objects not in the snapshot survived: " + ", ".join(sorted(f"{s}.{n}" for s, n in leftovers)[:5])
+        if reason is not None:
+            method = "clean-slate"
+            logbook.rollback_event(settings.rollback_log, ctx.txn, "db", "fallback", method="clean-slate", reason=reason)
+            ctx.progress(2, 4, f"FALLBACK clean-slate restore ({reason})")
+            _clean_slate_restore(ctx, dump)
+        ctx.progress(3, 4, "checking the restored revision")
+        got = pg.alembic_revision(target)
+        if got != wanted:
+            raise RollbackError(f"after restore the database is at {got or 'no revision'}, expected {wanted or 'none'}")
+    except (RollbackError, OSError) as exc:
+        _undo_from_pre_copy(ctx, pre)
+        raise StepFailed("db", f"{exc}; the database was put back as it was before this step") from None
+    ctx.progress(4, 4, f"database restored ({method}); previous state kept as {pre}")
+    return f"{method}; previous state kept as database {pre}"
+
+
+def _ensure_pre_copy(ctx: StepContext, pre: str) -> None:
+    """First run: copy live to pre. Re-run after an interruption: reset live from the pre copy."""
+    live = ctx.settings.database.dbname
+    with pg.connect_maintenance(ctx.settings.database) as conn:
+        if ctx.marks().get("db_pre_copy") == pre and pg.database_exists(conn, pre):
+            pg.drop_database(conn, live)
+            pg.copy_database(conn, pre, live)
+            return
+        pg.drop_database(conn, pre)  # an unfinished copy from a killed attempt
+        pg.copy_database(conn, live, pre)
+    ctx.mark("db_pre_copy", pre)
+
+
+def _undo_from_pre_copy(ctx: StepContext, pre: str) -> None:
+    live = ctx.settings.database.dbname
+    try:
+        with pg.connect_maintenance(ctx.settings.database) as conn:
+            pg.drop_database(conn, live)
+            pg.copy_database(conn, pre, live)
+    except RollbackError as exc:
+        logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "undo_failed", error=str(exc), pre=pre)
+        raise StepFailed("db", f"the step failed and putting back {pre} failed too: {exc}") from None
+
+
+def _downgrade(ctx: StepContext, wanted: str | None) -> str | None:
+    """Run the downgrade; return None on success or why a clean slate is needed instead."""
+    current = pg.alembic_revision(ctx.settings.database)
+    ctx.mark("db_revision_before", current)
+    if current == wanted:
+        ctx.mark("db_revision_after_downgrade", current)
+        return None
+    if not migrations_info.is_known_revision(ctx.settings, current):
+        return f"the database revision {current} is unknown to the deployed code"
+    try:
+        migrations_info.downgrade(ctx.settings, wanted, timeout=ctx.settings.command_timeout_sec)
+    except RollbackError as exc:
+        return f"alembic downgrade failed: {exc}"
+    after = pg.alembic_revision(ctx.settings.database)
+    ctx.mark("db_revision_after_downgrade", after)
+    if after != wanted:
+        return f"alembic downgrade ended at {after}, not {wanted}"
+    return None
+
+
+def _pg_restore(settings, dump: Path, clean: bool, dbname: str | None = None) -> None:
+    argv = ["pg_restore", "--single-transaction", "--exit-on-error", "--no-password",
+            "--dbname", dbname or settings.database.dbname]
+    if clean:
+        argv += ["--clean", "--if-exists"]
+    run(argv + [str(dump)], env=settings.database.libpq_env(), timeout=settings.command_timeout_sec)
+
+
+def _clean_slate_restore(ctx: StepContext, dump: Path) -> None:
+    """Replace the live database with an empty one from template0 and restore the dump into it."""
+    live = ctx.settings.database.dbname
+    pre = pre_database_name(live, ctx.txn)
+    with pg.connect_maintenance(ctx.settings.database) as conn:
+        pg.drop_database(conn, live)
+        pg.create_empty_database(conn, live, like=pre)
+    _pg_restore(ctx.settings, dump, clean=False)

@@ -1,0 +1,68 @@
+"""Verification of a snapshot's artifacts: sizes, SHA-256, and a readable dump."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .errors import IntegrityError, RollbackError
+from .fsutil import sha256_file
+from .ids import utc_now_iso
+from .manifest import Manifest
+from .settings import Settings
+from .steps.db import list_dump
+
+VerifyProgress = Callable[[int, int, str], None]
+
+
+def _noop(done: int, total: int, message: str) -> None:
+    return None
+
+
+def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress = _noop) -> list[str]:
+    """Raise IntegrityError on the first mismatch; return one line per check that passed."""
+    folder = settings.backup_dir / entry["id"]
+    if not folder.is_dir():
+        raise IntegrityError(f"snapshot folder {folder} is missing")
+    total = sum(a["size"] for a in entry["artifacts"].values()) or 1
+    done_before = 0
+    passed = []
+    for name, art in sorted(entry["artifacts"].items()):
+        path = folder / art["file"]
+        _check_size(path, name, art["size"])
+        digest, size = sha256_file(path, progress=lambda n, base=done_before: progress(
+            base + n, total, f"sha256 of {art['file']}: {(base + n) * 100 // total}%"))
+        if size != art["size"] or digest != art["sha256"]:
+            raise IntegrityError(f"{name} artifact {path.name}: SHA-256 mismatch (recorded {art['sha256'][:12]}…, "
+                                 f"found {digest[:12]}…)")
+        passed.append(f"{name}: {path.name} {size} bytes, sha256 ok")
+        done_before += art["size"]
+    dump = folder / entry["artifacts"]["db"]["file"]
+    try:
+        list_dump(dump, timeout=settings.command_timeout_sec)
+    except RollbackError as exc:
+        raise IntegrityError(f"db artifact {dump.name} is not a readable pg_dump archive: {exc}") from None
+    passed.append("db: pg_restore --list ok")
+    return passed
+
+
+def _check_size(path: Path, name: str, expected: int) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise IntegrityError(f"{name} artifact {path} is missing") from None
+    if size != expected:
+        raise IntegrityError(f"{name} artifact {path.name}: size {size} bytes, recorded {expected}")
+
+
+def verify_snapshot(settings: Settings, snapshot_ref: str, progress: VerifyProgress = _noop) -> dict:
+    """Verify and record the outcome in the manifest (`verified`: {at, ok, error})."""
+    manifest = Manifest(settings.backup_dir)
+    entry = manifest.resolve(snapshot_ref)
+    try:
+        checks = verify_artifacts(settings, entry, progress)
+    except IntegrityError as exc:
+        manifest.update(entry["id"], verified={"at": utc_now_iso(), "ok": False, "error": str(exc)})
+        raise
+    manifest.update(entry["id"], verified={"at": utc_now_iso(), "ok": True})
+    return {"id": entry["id"], "ok": True, "checks": checks}
