@@ -1,0 +1,34 @@
+"""Celery settings for `celery -A tasks worker|beat`. Broker/backend URLs come from the environment."""
+
+import os
+
+broker_url = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+result_backend = os.environ.get("CELERY_RESULT_BACKEND") or "redis://127.0.0.1:6379/0"
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# A task is acknowledged only when it finished, and redelivered if its worker died mid-way;
+# the journal makes the redelivery a no-op or a resume.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+
+# Longer than the longest restore, so Redis never redelivers a step that is still running.
+broker_transport_options = {"visibility_timeout": 4 * 3600}
+result_expires = 7 * 24 * 3600
+result_extended = True
+
+# Fail fast when Redis is down, so the CLI can say so and suggest --local.
+broker_connection_timeout = 5
+broker_connection_retry_on_startup = True
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+redis_socket_connect_timeout = 5
+redis_socket_timeout = 30
+
+imports = ("tasks.snapshot", "tasks.restore", "tasks.maintenance")

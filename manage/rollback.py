@@ -1,0 +1,346 @@
+"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune`.
+
+By default work is sent to the Celery worker and followed live; `--local` runs the same core
+steps in this process (the fallback when Redis is down). Exit codes: 0 success, 1 failed,
+2 bad input, 3 another snapshot/restore holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from rollback import logbook
+from rollback.errors import ConfigError, RollbackError
+from rollback.ids import validate_snapshot_id, validate_txn_id
+from rollback.journal import RESTORE_STEPS, Journal
+from rollback.manifest import Manifest
+from rollback.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class UsageError(RollbackError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class Printer:
+    """Progress lines on stderr, one per change, so stdout stays clean for --json."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._last: dict[str, str] = {}
+
+    def __call__(self, step: str, done: int, total: int, message: str) -> None:
+        if self.quiet or self._last.get(step) == message:
+            return
+        self._last[step] = message
+        pct = f"{done * 100 // total:3d}%" if total else "    "
+        print(f"  [{step:<9}] {pct} {message}", file=sys.stderr, flush=True)
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m manage.rollback", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("snapshot", help="take a snapshot of database, data dir and revisions")
+    s.add_argument("--notes", default="", help="free text stored with the snapshot")
+    s.add_argument("--json", action="store_true", help="print the manifest entry as one JSON object")
+    _add_mode(s)
+
+    s = sub.add_parser("list", help="list snapshots, newest first")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("show", help="show one snapshot's manifest entry")
+    s.add_argument("snapshot_id")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("verify", help="re-check sizes, SHA-256 and dump readability of a snapshot")
+    s.add_argument("snapshot_id", help="an id or 'latest'")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("restore", help="restore a snapshot: preflight, db, data, code, readyz")
+    s.add_argument("--snapshot", required=True, help="a snapshot id or 'latest'")
+    s.add_argument("--reason", required=True, help="why (recorded in the journal and the log)")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument("--json", action="store_true", help="print the final journal summary as JSON")
+    _add_mode(s)
+
+    s = sub.add_parser("status", help="show a restore transaction from its journal")
+    s.add_argument("txn", nargs="?", help="a txn id; default: the newest")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("resume", help="re-run the unfinished steps of a failed or interrupted restore")
+    s.add_argument("txn")
+    s.add_argument("--json", action="store_true")
+    _add_mode(s)
+
+    s = sub.add_parser("prune", help="apply retention now (BACKUP_RETENTION)")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _add_mode(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--local", action="store_true", help="run in this process instead of the Celery worker")
+    s.add_argument("--no-wait", action="store_true", help="enqueue and print the task id without following")
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_snapshot(settings: Settings, args, out: Printer) -> int:
+    if args.local:
+        from rollback.snapshot import create_snapshot
+
+        entry = create_snapshot(settings, notes=args.notes, progress=out)
+    else:
+        from tasks.snapshot import take_snapshot
+
+        _require_worker()
+        result = take_snapshot.apply_async(kwargs={"notes": args.notes})
+        if args.no_wait:
+            return _print_json({"task_id": result.id}) if args.json else _say(f"snapshot task {result.id} enqueued")
+        entry = _follow([("snapshot", result)], out)[0]
+    if args.json:
+        return _print_json(entry)
+    print(f"snapshot {entry['id']} complete: db {entry['artifacts']['db']['size']} bytes, "
+          f"data {entry['artifacts']['data']['size']} bytes, code {entry['app_revision'][:12]}, "
+          f"alembic {entry['alembic_revision']}")
+    return EXIT_OK
+
+
+def cmd_list(settings: Settings, args, out: Printer) -> int:
+    entries = list(reversed(Manifest(settings.backup_dir).entries()))
+    if args.json:
+        return _print_json(entries)
+    if not entries:
+        print(f"no snapshots in {settings.backup_dir}")
+        return EXIT_OK
+    print(f"{'ID':<24} {'CREATED':<21} {'CODE':<12} {'ALEMBIC':<14} {'DB':>10} {'DATA':>10} {'READY':<6} NOTES")
+    for e in entries:
+        ready = (e.get("ready_check") or {}).get("status", "-")
+        print(f"{e['id']:<24} {e['created_at']:<21} {(e.get('app_revision') or '-')[:12]:<12} "
+              f"{str(e.get('alembic_revision') or '-')[:14]:<14} {_size(e['artifacts']['db']['size']):>10} "
+              f"{_size(e['artifacts']['data']['size']):>10} {ready:<6} {e.get('notes', '')}")
+    return EXIT_OK
+
+
+def cmd_show(settings: Settings, args, out: Printer) -> int:
+    entry = Manifest(settings.backup_dir).resolve(validate_snapshot_id(args.snapshot_id, allow_latest=True))
+    if args.json:
+        return _print_json(entry)
+    print(json.dumps(entry, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_verify(settings: Settings, args, out: Printer) -> int:
+    from rollback.verify import verify_snapshot
+
+    report = verify_snapshot(settings, validate_snapshot_id(args.snapshot_id, allow_latest=True),
+                             progress=lambda d, t, m: out("verify", d, t, m))
+    if args.json:
+        return _print_json(report)
+    print(f"snapshot {report['id']} verified:")
+    for line in report["checks"]:
+        print(f"  ok  {line}")
+    return EXIT_OK
+
+
+def cmd_restore(settings: Settings, args, out: Printer) -> int:
+    ref = validate_snapshot_id(args.snapshot, allow_latest=True)
+    entry = Manifest(settings.backup_dir).resolve(ref)
+    if not args.yes:
+        _confirm(settings, entry)
+    if args.local:
+        from rollback import restore as core
+
+        doc = core.begin_restore(settings, entry["id"], args.reason, auto=False, requested_by="cli --local")
+        out.line(f"restore {doc['txn']} of snapshot {entry['id']} (local)")
+        return _finish_local(settings, doc["txn"], args, out)
+    from tasks.restore import enqueue_restore
+
+    _require_worker()
+    doc, result = enqueue_restore(entry["id"], args.reason, auto=False, requested_by="cli", settings=settings)
+    out.line(f"restore {doc['txn']} of snapshot {entry['id']} enqueued")
+    return _follow_restore(settings, doc["txn"], result, args, out)
+
+
+def cmd_resume(settings: Settings, args, out: Printer) -> int:
+    from rollback import restore as core
+
+    txn = validate_txn_id(args.txn)
+    doc = core.resume(settings, txn)
+    out.line(f"resuming {txn} (attempt {doc['attempt']})")
+    if args.local:
+        return _finish_local(settings, txn, args, out)
+    from tasks.restore import record_task_ids, restore_canvas
+
+    _require_worker()
+    steps = [s for s in RESTORE_STEPS if doc["steps"][s]["status"] != "ok"]
+    result = restore_canvas(txn, doc["attempt"], steps).apply_async()
+    record_task_ids(settings, txn, steps, result)
+    return _follow_restore(settings, txn, result, args, out)
+
+
+def cmd_status(settings: Settings, args, out: Printer) -> int:
+    from rollback.restore import restore_summary
+
+    journal = Journal(settings.backup_dir)
+    if args.txn:
+        doc = journal.load(validate_txn_id(args.txn))
+    else:
+        docs = journal.all()
+        if not docs:
+            raise UsageError(f"no restore transactions in {journal.dir}")
+        doc = docs[-1]
+    summary = restore_summary(doc)
+    if args.json:
+        return _print_json(summary)
+    _print_summary(summary)
+    return EXIT_OK if summary["status"] != "failed" else EXIT_FAILED
+
+
+def cmd_prune(settings: Settings, args, out: Printer) -> int:
+    from rollback.retention import prune
+
+    report = prune(settings)
+    if args.json:
+        return _print_json(report)
+    print(f"pruned {len(report['removed'])} snapshot(s): {', '.join(report['removed']) or 'none'}; "
+          f"{len(report['kept'])} kept")
+    return EXIT_OK
+
+
+COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "show": cmd_show, "verify": cmd_verify,
+            "restore": cmd_restore, "resume": cmd_resume, "status": cmd_status, "prune": cmd_prune}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _finish_local(settings: Settings, txn: str, args, out: Printer) -> int:
+    from rollback.restore import restore_summary, run_remaining
+
+    try:
+        doc = run_remaining(settings, txn, progress=out)
+    except RollbackError:
+        doc = Journal(settings.backup_dir).load(txn)
+    return _report_restore(restore_summary(doc), args)
+
+
+def _follow_restore(settings: Settings, txn: str, result, args, out: Printer) -> int:
+    from rollback.restore import restore_summary
+    from tasks.restore import step_results
+
+    if args.no_wait:
+        payload = {"txn": txn, "task_id": result.id}
+        return _print_json(payload) if args.json else _say(f"restore {txn} enqueued (task {result.id})")
+    results = step_results(result)
+    steps = [s for s in RESTORE_STEPS][-len(results):]
+    try:
+        _follow(list(zip(steps, results)), out)
+    except RollbackError:
+        pass  # the journal below has the whole story
+    return _report_restore(restore_summary(Journal(settings.backup_dir).load(txn)), args)
+
+
+def _report_restore(summary: dict, args) -> int:
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"restore {summary['txn']} of {summary['snapshot_id']}: {summary['status'].upper()}"
+          f" (reason: {summary['reason']})")
+    for step in summary["steps"]:
+        took = f"{step['duration_sec']:.2f}s" if step["duration_sec"] is not None else "-"
+        print(f"  {step['step']:<9} {step['status']:<11} {took:>8}  {step['error'] or step['detail'] or ''}")
+    if summary.get("error"):
+        print(f"error: {summary['error']}")
+
+
+def _follow(named_results: list, out: Printer, poll: float = 0.25) -> list:
+    """Follow Celery tasks in order, printing progress; return their results or raise on failure."""
+    values = []
+    for name, result in named_results:
+        while not result.ready():
+            info = result.info if result.state == "PROGRESS" and isinstance(result.info, dict) else None
+            if info:
+                out(info.get("step", name), info.get("done", 0), info.get("total", 0), info.get("message", ""))
+            time.sleep(poll)
+        if result.failed():
+            exc = result.result
+            out.line(f"  [{name:<9}] FAILED {exc}")
+            raise RollbackError(str(exc)) if not isinstance(exc, RollbackError) else exc
+        value = result.get(propagate=True)
+        if isinstance(value, dict) and value.get("status") in ("ok", "skipped"):
+            out.line(f"  [{name:<9}] {value['status']}: {value.get('detail', '')}")
+        values.append(value)
+    return values
+
+
+def _require_worker() -> None:
+    from tasks import app
+
+    try:
+        replies = app.control.ping(timeout=2.0)
+    except Exception as exc:  # kombu raises several types for a dead broker
+        url = logbook.mask_secrets(app.conf.broker_url)
+        raise RollbackError(f"cannot reach the broker at {url} ({exc}); run with --local to work "
+                            f"in this process") from None
+    if not replies:
+        raise RollbackError("no Celery worker answered; start one (`celery -A tasks worker`) or use --local")
+
+
+def _confirm(settings: Settings, entry: dict) -> None:
+    if not sys.stdin.isatty():
+        raise UsageError("refusing to restore without confirmation: pass --yes (stdin is not a terminal)")
+    print(f"Restore snapshot {entry['id']} ({entry.get('notes') or 'no notes'}) over database "
+          f"{settings.database.dbname}, {settings.data_base_dir} and {settings.app_repo_dir}?", file=sys.stderr)
+    if input("Type 'restore' to continue: ").strip() != "restore":
+        raise UsageError("restore cancelled")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_json(obj) -> int:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _say(text: str) -> int:
+    print(text)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Printer()
+    try:
+        settings = Settings.from_env()
+        return COMMANDS[args.command](settings, args, out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RollbackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; a restore sent to the worker keeps running (see `status`)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Settings for tasks and a progress reporter that writes Celery task state."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rollback.settings import Settings
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """Load once per process; tests and embedders may install their own with use_settings()."""
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
+
+
+def use_settings(settings: Settings | None) -> None:
+    global _settings
+    with _lock:
+        _settings = settings
+
+
+class StateReporter:
+    """Turn core progress callbacks into PROGRESS states, at most every 0.2 s per step."""
+
+    def __init__(self, task, txn: str | None = None, min_interval: float = 0.2):
+        self.task, self.txn, self.min_interval = task, txn, min_interval
+        self._last: tuple[str, float] = ("", 0.0)
+
+    def __call__(self, step: str, done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        last_step, last_time = self._last
+        if step == last_step and now - last_time < self.min_interval and done < total:
+            return
+        self._last = (step, now)
+        if self.task.request.id is None:  # called eagerly/outside a worker
+            return
+        meta = {"txn": self.txn, "step": step, "done": done, "total": total, "message": message}
+        self.task.update_state(state="PROGRESS", meta=meta)

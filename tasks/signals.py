@@ -1,0 +1,31 @@
+"""At worker start, resolve a restore left unfinished by a dead worker before taking new work."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_ready
+
+from rollback import restore as core
+from rollback.errors import RollbackError
+
+log = logging.getLogger("rollback")
+
+
+@worker_ready.connect
+def reconcile_on_start(sender=None, **_):
+    from .base import get_settings
+    from .restore import record_task_ids, restore_canvas
+
+    try:
+        settings = get_settings()
+        outcome = core.reconcile(settings)
+    except RollbackError as exc:
+        log.error("reconcile skipped: %s", exc)
+        return
+    if not outcome:
+        return
+    log.warning("reconcile: %s", outcome)
+    if outcome["action"] == "resume":
+        result = restore_canvas(outcome["txn"], outcome["attempt"], outcome["steps"]).apply_async()
+        record_task_ids(settings, outcome["txn"], outcome["steps"], result)
