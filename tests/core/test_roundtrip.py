@@ -1,0 +1,159 @@
+"""Snapshot → bad deploy → restore, in-process (the code path of `--local`), on real parts."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from rollback import pg
+from rollback.errors import PreflightFailed, StepFailed
+from rollback.journal import Journal
+from rollback.manifest import Manifest
+from rollback.restore import run_restore_local
+from rollback.snapshot import create_snapshot
+from tests import state
+from tests.conftest import git
+
+
+def test_snapshot_records_everything(settings):
+    entry = create_snapshot(settings, notes="before deploy")
+    folder = settings.backup_dir / entry["id"]
+    assert Manifest(settings.backup_dir).get(entry["id"]) == entry
+    assert entry["app_revision"] == state.git_head(settings.app_repo_dir)
+    assert entry["app_dirty"] is False
+    assert entry["alembic_revision"] == "0002_trips"
+    assert entry["ready_check"] is None
+    for art in entry["artifacts"].values():
+        path = folder / art["file"]
+        assert path.stat().st_size == art["size"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(settings.backup_dir.stat().st_mode) == 0o700
+    assert json.loads((folder / "snapshot.json").read_text()) == entry
+    assert not list(settings.backup_dir.glob(".tmp-*"))
+    log = settings.rollback_log.read_text()
+    assert f"backup start id={entry['id']}" in log and f"backup complete id={entry['id']}" in log
+
+
+def test_round_trip_restores_db_data_code_and_revision(settings, tmp_path, monkeypatch):
+    before = state.capture(settings)
+    snap = create_snapshot(settings, notes="v1")
+
+    trace = tmp_path / "downgrade.trace"
+    monkeypatch.setenv("MIGRATION_TRACE_FILE", str(trace))
+    state.bad_deploy(settings, settings.app_repo_dir)
+    broken = state.capture(settings)
+    assert broken["alembic"] == "0003_bad_deploy" and broken["head"] != before["head"]
+    assert broken["tree"] != before["tree"] and broken["rows"] != before["rows"]
+
+    doc = run_restore_local(settings, "latest", reason="test round trip")
+
+    assert doc["status"] == "succeeded", doc
+    after = state.capture(settings)
+    assert after["schema"] == before["schema"]
+    assert after["rows"] == before["rows"]
+    assert after["tree"] == before["tree"]
+    assert after["head"] == before["head"] == snap["app_revision"]
+    assert after["alembic"] == before["alembic"] == "0002_trips"
+    assert trace.read_text() == "downgrade 0003_bad_deploy\n"
+
+    # Nothing lost: the replaced data tree, database and code stay recoverable.
+    txn = doc["txn"]
+    pre_tree = settings.data_base_dir.with_name(f"{settings.data_base_dir.name}.pre-{txn}")
+    assert state.tree(pre_tree) == broken["tree"]
+    pre_db = doc["marks"]["db_pre_copy"]
+    assert pg.alembic_revision(settings.database, pre_db) == "0003_bad_deploy"
+    assert git(settings.app_repo_dir, "rev-parse", f"refs/rollback/pre-{txn.removeprefix('txn-')}") == broken["head"]
+
+    log = settings.rollback_log.read_text()
+    for step in ("preflight", "db", "data", "code", "readyz"):
+        assert f"ROLLBACK id={txn} step={step} status=start" in log
+        assert f"ROLLBACK id={txn} step={step} status=ok" in log
+    assert all(doc["steps"][s]["duration_sec"] is not None for s in doc["steps"])
+
+
+def test_restore_invokes_alembic_downgrade(settings, tmp_path, monkeypatch):
+    """The downgrade of the new migration really ran on the database before pg_restore."""
+    create_snapshot(settings)
+    trace = tmp_path / "downgrade.trace"
+    monkeypatch.setenv("MIGRATION_TRACE_FILE", str(trace))
+    state.bad_deploy(settings, settings.app_repo_dir)
+
+    doc = run_restore_local(settings, "latest", reason="downgrade proof")
+
+    assert doc["status"] == "succeeded"
+    # Observed on the database between the two phases of the db step, not merely "called".
+    assert doc["marks"]["db_revision_before"] == "0003_bad_deploy"
+    assert doc["marks"]["db_revision_after_downgrade"] == "0002_trips"
+    assert trace.read_text() == "downgrade 0003_bad_deploy\n"
+    with state.connect(settings) as conn:
+        assert conn.execute("select to_regclass('public.audit_events')").fetchone()[0] is None
+        cols = {r[0] for r in conn.execute("select column_name from information_schema.columns "
+                                           "where table_name = 'users'")}
+    assert "nickname" not in cols
+    assert "fallback" not in settings.rollback_log.read_text()
+
+
+def test_unknown_db_revision_falls_back_to_clean_slate(settings):
+    """A database at a head the deployed code does not know is restored from a clean slate, loudly."""
+    before = state.capture(settings)
+    create_snapshot(settings)
+    with state.connect(settings) as conn:
+        conn.execute("update alembic_version set version_num = 'ffffdeadbeef'")
+        conn.execute("create table stray (id int)")
+
+    doc = run_restore_local(settings, "latest", reason="unknown head")
+
+    assert doc["status"] == "succeeded"
+    after = state.capture(settings)
+    assert after["schema"] == before["schema"] and after["rows"] == before["rows"]
+    assert "step=db status=fallback method=clean-slate" in settings.rollback_log.read_text()
+
+
+def _flip_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("artifact, damage", [
+    ("db", "flip"), ("db", "truncate"), ("data", "flip"), ("data", "truncate"),
+])
+def test_damaged_artifact_is_refused_by_preflight_with_nothing_changed(settings, artifact, damage):
+    snap = create_snapshot(settings)
+    state.bad_deploy(settings, settings.app_repo_dir)
+    broken = state.capture(settings)
+    path = settings.backup_dir / snap["id"] / snap["artifacts"][artifact]["file"]
+    if damage == "flip":
+        _flip_byte(path, path.stat().st_size // 2)
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    with pytest.raises(StepFailed) as info:
+        run_restore_local(settings, snap["id"], reason="damaged")
+
+    assert info.value.step == "preflight"
+    assert ("SHA-256 mismatch" if damage == "flip" else "recorded") in str(info.value)
+    assert state.capture(settings) == broken
+    doc = Journal(settings.backup_dir).all()[-1]
+    assert doc["status"] == "failed"
+    assert all(doc["steps"][s]["status"] == "pending" for s in ("db", "data", "code", "readyz"))
+    with state.connect(settings) as conn:
+        names = [r[0] for r in conn.execute("select datname from pg_database where datname like %s",
+                                            (settings.database.dbname + "__pre%",))]
+    assert names == []  # not even the safety copy was made
+
+
+def test_snapshot_with_unknown_revision_is_refused(settings):
+    snap = create_snapshot(settings)
+    Manifest(settings.backup_dir).update(snap["id"], alembic_revision="0999_from_the_future")
+    with pytest.raises(StepFailed, match="unknown to the deployed code"):
+        run_restore_local(settings, snap["id"], reason="unknown revision")
+
+
+def test_reason_is_required(settings):
+    create_snapshot(settings)
+    with pytest.raises(PreflightFailed, match="reason"):
+        run_restore_local(settings, "latest", reason="  ")
