@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune`.
+"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune|fingerprint`.
 
 By default work is sent to the Celery worker and followed live; `--local` runs the same core
 steps in this process (the fallback when Redis is down). Exit codes: 0 success, 1 failed,
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("txn")
     s.add_argument("--json", action="store_true")
     _add_mode(s)
+
+    s = sub.add_parser("fingerprint", help="print a fingerprint of the live state to compare before/after")
+    s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("prune", help="apply retention now (BACKUP_RETENTION)")
     s.add_argument("--json", action="store_true")
@@ -216,8 +219,22 @@ def cmd_prune(settings: Settings, args, out: Printer) -> int:
     return EXIT_OK
 
 
+def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
+    from rollback.fingerprint import fingerprint
+
+    fp = fingerprint(settings)
+    if args.json:
+        return _print_json(fp)
+    for key in ("code", "alembic", "schema", "data"):
+        print(f"{key:<8} {fp[key]}")
+    for table, digest in fp["rows"].items():
+        print(f"{'rows':<8} {table}: {digest}")
+    return EXIT_OK
+
+
 COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "show": cmd_show, "verify": cmd_verify,
-            "restore": cmd_restore, "resume": cmd_resume, "status": cmd_status, "prune": cmd_prune}
+            "restore": cmd_restore, "resume": cmd_resume, "status": cmd_status, "prune": cmd_prune,
+            "fingerprint": cmd_fingerprint}
 
 
 # -- helpers ----------------------------------------------------------------------------------

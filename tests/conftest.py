@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -163,6 +165,46 @@ def worker_settings(settings):
     use_settings(settings)
     yield settings
     use_settings(None)
+
+
+@pytest.fixture
+def live_env(env, settings):
+    """The env of `settings`, with the readyz URL of the test's web server."""
+    return dict(env, READYZ_URL=settings.readyz_url)
+
+
+@pytest.fixture
+def worker_process(live_env, redis_db):
+    """Start real `celery -A tasks worker` processes (configured only by the environment); all are
+    stopped at the end. Each runs in its own process group so a test can kill the whole group."""
+    from tasks import app
+
+    app.conf.update(broker_url=live_env["CELERY_BROKER_URL"], result_backend=live_env["CELERY_RESULT_BACKEND"])
+    procs = []
+
+    def start(name: str = "w1") -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "--concurrency", "1",
+             "--without-gossip", "--without-mingle", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h"],
+            cwd=ROOT, env=dict(os.environ, **live_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        procs.append(proc)
+        deadline = time.monotonic() + 60
+        while not any(f"{name}-{os.getpid()}@" in host for reply in app.control.ping(timeout=0.5) for host in reply):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                pytest.fail(f"worker did not start: {out[-2000:]}")
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def cli(env: dict, *args: str, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -63,9 +63,9 @@ def populate_data_dir(d: Path) -> None:
     os.link(d / "users.json", d / "users.hardlink.json")
 
 
-def migrate(settings, target: str) -> None:
+def migrate(settings, target: str, command: str = "upgrade") -> None:
     env = dict(os.environ, DATABASE_URL=settings.database.sqlalchemy_url())
-    subprocess.run([sys.executable, "-m", "alembic", "-c", str(settings.alembic_config), "upgrade", target],
+    subprocess.run([sys.executable, "-m", "alembic", "-c", str(settings.alembic_config), command, target],
                    check=True, capture_output=True, env=env, cwd=settings.alembic_config.parent)
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
@@ -15,37 +12,6 @@ from rollback.restore import begin_restore
 from rollback.snapshot import create_snapshot
 from tests import state
 from tests.conftest import ROOT, cli
-
-
-@pytest.fixture
-def live_env(env, settings):
-    """The env of `settings`, with the readyz URL of the test's web server."""
-    return dict(env, READYZ_URL=settings.readyz_url)
-
-
-@pytest.fixture
-def worker_process(live_env, redis_db):
-    """A real `celery -A tasks worker` process configured only through the environment."""
-    full_env = dict(os.environ, **live_env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "solo", "--concurrency", "1",
-         "--without-gossip", "--without-mingle", "--loglevel", "INFO", "--hostname", f"test-{os.getpid()}@%h"],
-        cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    from tasks import app
-
-    app.conf.update(broker_url=live_env["CELERY_BROKER_URL"], result_backend=live_env["CELERY_RESULT_BACKEND"])
-    deadline = time.monotonic() + 60
-    while not app.control.ping(timeout=0.5):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
-            pytest.fail(f"worker did not start: {out[-2000:]}")
-    yield proc
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _one_line_error(result):
@@ -79,6 +45,7 @@ def test_local_snapshot_list_show_verify_restore(live_env, settings):
 
 
 def test_through_a_real_worker_process(live_env, settings, worker_process):
+    worker_process()
     before = state.capture(settings)
     made = subprocess.run(["bash", "scripts/backup_all.sh", "--notes", "deploy test", "--json"], cwd=ROOT,
                           env=dict(os.environ, **live_env), capture_output=True, text=True, timeout=300)
