@@ -166,8 +166,7 @@ def test_crash_before_manifest_entry_leaves_nothing_visible(settings, monkeypatc
         create_snapshot(settings)
     monkeypatch.undo()
     assert [e["id"] for e in Manifest(settings.backup_dir).entries()] == [first["id"]]
-    assert sorted(p.name for p in settings.backup_dir.iterdir() if p.is_dir()) == ["journal"] + [first["id"]] \
-        or sorted(p.name for p in settings.backup_dir.iterdir() if p.is_dir()) == [first["id"]]
+    assert sorted(p.name for p in settings.backup_dir.iterdir() if p.is_dir()) == [first["id"]]
     assert "backup failed" in settings.rollback_log.read_text()
 
 
@@ -190,3 +189,29 @@ def test_prune_keeps_newest_ready_and_in_use(settings):
     report = prune(tiny)
     assert ids[3] in report["kept"] and ids[1] in report["kept"]
     assert json.loads((small.backup_dir / "active.json").read_text())["snapshot_id"] == ids[3]
+
+
+def test_full_disk_during_snapshot_leaves_no_entry_and_no_folder(settings, tmp_path):
+    """BACKUP_DIR on a 3 MiB tmpfs: the second, larger snapshot hits ENOSPC and leaves nothing behind."""
+    from rollback.errors import RollbackError
+    from rollback.verify import verify_snapshot
+
+    small_disk = tmp_path / "small-disk"
+    small_disk.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small_disk)], check=True,
+                       capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        on_small = settings.with_overrides(backup_dir=small_disk / "backup")
+        first = create_snapshot(on_small)
+        (settings.data_base_dir / "uploads" / "big.bin").write_bytes(os.urandom(4 << 20))
+        with pytest.raises(RollbackError, match="No space left on device"):
+            create_snapshot(on_small)
+        assert [e["id"] for e in Manifest(on_small.backup_dir).entries()] == [first["id"]]
+        assert sorted(p.name for p in on_small.backup_dir.iterdir() if p.is_dir()) == [first["id"]]
+        assert verify_snapshot(on_small, first["id"])["ok"] is True
+        assert "backup failed" in on_small.rollback_log.read_text()
+    finally:
+        subprocess.run(["umount", "-l", str(small_disk)], check=False)
