@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from .errors import ConfigError
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
-CODE_STRATEGIES = ("git",)
+CODE_STRATEGIES = ("git", "render")
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,16 @@ class Settings:
     code_rollback_strategy: str = "git"
     gzip_level: int = 1
     command_timeout_sec: float = 1800.0
+    # canary, beat, notifications (issue C)
+    canary_enabled: bool = True
+    ready_successes: int = 1
+    notify_webhook_url: str | None = None
+    prune_schedule: str = "hourly"
+    pre_retention_days: float = 7.0
+    # Render code strategy (issue C)
+    render_api_key: str | None = None
+    render_service_id: str | None = None
+    render_api_url: str = "https://api.render.com/v1"
 
     @property
     def rollback_log(self) -> Path:
@@ -121,6 +131,11 @@ class Settings:
         if strategy not in CODE_STRATEGIES:
             raise ConfigError(f"CODE_ROLLBACK_STRATEGY: must be one of {', '.join(CODE_STRATEGIES)}, got {strategy!r}")
         log_dir = _path(env, "LOG_DIR", Path("logs"))
+        render_key = env.get("RENDER_API_KEY", "").strip() or None
+        render_service = env.get("RENDER_SERVICE_ID", "").strip() or None
+        if strategy == "render" and not (render_key and render_service):
+            raise ConfigError("CODE_ROLLBACK_STRATEGY: render needs RENDER_API_KEY and RENDER_SERVICE_ID")
+        webhook = env.get("ROLLBACK_NOTIFY_WEBHOOK_URL", "").strip()
         return cls(
             database=parse_database_url(url),
             data_base_dir=_path(env, "DATA_BASE_DIR", Path("/var/data")),
@@ -136,6 +151,14 @@ class Settings:
             ready_interval_sec=_float(env, "ROLLBACK_READY_INTERVAL_SEC", 10.0),
             code_rollback_strategy=strategy,
             gzip_level=_int(env, "BACKUP_GZIP_LEVEL", 1, minimum=1, maximum=9),
+            canary_enabled=env_bool(env, "ROLLBACK_CANARY_ENABLED", True),
+            ready_successes=_int(env, "ROLLBACK_READY_SUCCESSES", 1, minimum=1),
+            notify_webhook_url=_url(env, "ROLLBACK_NOTIFY_WEBHOOK_URL", webhook) if webhook else None,
+            prune_schedule=_schedule(env, "BACKUP_PRUNE_SCHEDULE", "hourly"),
+            pre_retention_days=_float(env, "PRE_RETENTION_DAYS", 7.0, allow_zero=True),
+            render_api_key=render_key,
+            render_service_id=render_service,
+            render_api_url=_url(env, "RENDER_API_URL", "https://api.render.com/v1").rstrip("/"),
         )
 
 
@@ -162,17 +185,44 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}: must be a number of seconds, got {raw!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ConfigError(f"{name}: must be a positive number of seconds, got {raw!r}")
+        raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
+    if not (value >= 0 if allow_zero else value > 0) or value != value or value == float("inf"):
+        raise ConfigError(f"{name}: must be a {'non-negative' if allow_zero else 'positive'} number, got {raw!r}")
     return value
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: must be true or false, got {raw!r}")
+
+
+_SCHEDULE_WORDS = {"hourly", "daily"}
+
+
+def _schedule(env: Mapping[str, str], name: str, default: str) -> str:
+    """'hourly', 'daily', a number of seconds, or a 5-field crontab ('0 * * * *')."""
+    raw = " ".join(env.get(name, "").split()) or default
+    if raw in _SCHEDULE_WORDS or len(raw.split(" ")) == 5:
+        return raw
+    try:
+        if float(raw) > 0:
+            return raw
+    except ValueError:
+        pass
+    raise ConfigError(f"{name}: must be hourly, daily, a number of seconds or a crontab like '0 * * * *', got {raw!r}")
 
 
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
@@ -181,6 +231,10 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{name}: must be an http(s) URL, got {raw!r}")
     return raw
+
+
+# The same validators, for adapters (web/) that load settings of their own.
+env_int, env_float, env_path, env_url = _int, _float, _path, _url
 
 
 def _git_toplevel(cwd: Path) -> Path:
