@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigError
 
@@ -29,11 +29,18 @@ class DatabaseTarget:
     dbname: str
     query: str = ""
 
+    def options(self) -> dict[str, str]:
+        """Query parameters of the URL (e.g. sslmode=require on hosted Postgres)."""
+        return dict(parse_qsl(self.query))
+
     def libpq_env(self) -> dict[str, str]:
         """PG* variables for pg_dump/pg_restore/psql: connection details without argv."""
         env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user, "PGDATABASE": self.dbname}
         if self.password:
             env["PGPASSWORD"] = self.password
+        for key, value in self.options().items():
+            if key in _LIBPQ_ENV:
+                env[_LIBPQ_ENV[key]] = value
         return env
 
     def conninfo(self, dbname: str | None = None) -> str:
@@ -41,6 +48,7 @@ class DatabaseTarget:
         parts = {"host": self.host, "port": str(self.port), "user": self.user, "dbname": dbname or self.dbname}
         if self.password:
             parts["password"] = self.password
+        parts.update({k: v for k, v in self.options().items() if k in _LIBPQ_ENV})
         return " ".join(f"{k}='{_escape(v)}'" for k, v in parts.items())
 
     def sqlalchemy_url(self, dbname: str | None = None) -> str:
@@ -49,11 +57,18 @@ class DatabaseTarget:
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":" + quote(self.password, safe="")
-        return f"postgresql+psycopg://{auth}@{self.host}:{self.port}/{dbname or self.dbname}"
+        query = f"?{self.query}" if self.query else ""
+        return f"postgresql+psycopg://{auth}@{self.host}:{self.port}/{dbname or self.dbname}{query}"
 
     def masked_url(self) -> str:
         pw = ":***" if self.password else ""
         return f"postgresql://{self.user}{pw}@{self.host}:{self.port}/{self.dbname}"
+
+
+# URL query parameters we pass on to libpq (conninfo keyword -> environment variable).
+_LIBPQ_ENV = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
+              "sslkey": "PGSSLKEY", "connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS",
+              "target_session_attrs": "PGTARGETSESSIONATTRS"}
 
 
 def _escape(value: str) -> str:

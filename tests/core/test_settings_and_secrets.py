@@ -57,6 +57,13 @@ def test_both_url_schemes_and_no_password_in_libpq_argv():
         assert "s3cr" not in target.masked_url()
 
 
+def test_url_options_reach_libpq():
+    target = parse_database_url("postgresql://u:pw@h:5432/db?sslmode=require&connect_timeout=5")
+    assert target.libpq_env()["PGSSLMODE"] == "require" and target.libpq_env()["PGCONNECT_TIMEOUT"] == "5"
+    assert "sslmode='require'" in target.conninfo()
+    assert target.sqlalchemy_url().endswith("/db?sslmode=require&connect_timeout=5")
+
+
 def test_ids_are_generated_and_strictly_validated():
     sid, txn = new_snapshot_id(), new_txn_id()
     assert validate_snapshot_id(sid) == sid and validate_txn_id(txn) == txn
