@@ -113,6 +113,7 @@ class Settings:
     ready_interval_sec: float
     code_rollback_strategy: str = "git"
     gzip_level: int = 1
+    backup_codec: str = "zstd"
     command_timeout_sec: float = 1800.0
     # canary, beat, notifications (issue C)
     canary_enabled: bool = True
@@ -166,6 +167,7 @@ class Settings:
             ready_interval_sec=_float(env, "ROLLBACK_READY_INTERVAL_SEC", 10.0),
             code_rollback_strategy=strategy,
             gzip_level=_int(env, "BACKUP_GZIP_LEVEL", 1, minimum=1, maximum=9),
+            backup_codec=_choice(env, "BACKUP_CODEC", "zstd", ("zstd", "gzip")),
             canary_enabled=env_bool(env, "ROLLBACK_CANARY_ENABLED", True),
             ready_successes=_int(env, "ROLLBACK_READY_SUCCESSES", 1, minimum=1),
             notify_webhook_url=_url(env, "ROLLBACK_NOTIFY_WEBHOOK_URL", webhook) if webhook else None,
@@ -211,6 +213,13 @@ def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool =
     if not (value >= 0 if allow_zero else value > 0) or value != value or value == float("inf"):
         raise ConfigError(f"{name}: must be a {'non-negative' if allow_zero else 'positive'} number, got {raw!r}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in allowed:
+        raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
 
 
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:

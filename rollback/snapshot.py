@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, logbook, pg
-from .archive import create_archive, scan_archive
+from .archive import CODECS, create_archive, scan_archive
 from .errors import RollbackError, UnsafeArchive
 from .fsutil import atomic_write_bytes, fsync_dir
 from .ids import SNAPSHOT_ID_RE, new_snapshot_id, utc_now_iso
@@ -26,7 +26,6 @@ from .settings import Settings
 from .steps.code import strategy_for
 from .steps.db import DUMP_FILE, dump_database
 
-DATA_FILE = "data.tar.gz"
 TMP_PREFIX = ".tmp-"
 SNAPSHOT_STEPS = ("database", "data", "record")
 
@@ -87,10 +86,12 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
         progress("database", 1, 1, f"dump {db_art['size']} bytes")
 
         progress("data", 0, 1, f"archiving {settings.data_base_dir}")
-        info = create_archive(settings.data_base_dir, tmp / DATA_FILE, gzip_level=settings.gzip_level,
+        data_file = tmp / f"data{CODECS[settings.backup_codec]}"
+        info = create_archive(settings.data_base_dir, data_file, codec=settings.backup_codec,
+                              gzip_level=settings.gzip_level,
                               progress=lambda n: progress("data", 0, 1, f"tar: {n >> 20} MiB read"),
                               timeout=settings.command_timeout_sec)
-        _check_restorable(tmp / DATA_FILE, info.tar_bytes)
+        _check_restorable(data_file, info.tar_bytes)
         data_art = {"file": info.file, "sha256": info.sha256, "size": info.size,
                     "tar_bytes": info.tar_bytes, "codec": info.codec}
         progress("data", 1, 1, f"archive {info.size} bytes")

@@ -147,7 +147,8 @@ def test_data_dir_that_is_a_mount_point_swaps_children(settings, tmp_path):
         assert os.path.ismount(mount_dir)
         # A later snapshot does not archive the parked tree.
         second = create_snapshot(mounted)
-        listing = subprocess.run(["tar", "-tzf", str(mounted.backup_dir / second["id"] / "data.tar.gz")],
+        archive = mounted.backup_dir / second["id"] / second["artifacts"]["data"]["file"]
+        listing = subprocess.run(["tar", "--auto-compress", "-tf", str(archive)],
                                  capture_output=True, text=True, check=True).stdout
         assert ".pre-" not in listing
     finally:

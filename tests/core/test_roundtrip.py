@@ -118,6 +118,17 @@ def _flip_byte(path, offset):
     path.write_bytes(bytes(data))
 
 
+def test_gzip_codec_round_trip(settings):
+    """BACKUP_CODEC=gzip writes the runbook's data.tar.gz, and it restores like zstd does."""
+    gz = settings.with_overrides(backup_codec="gzip")
+    before = state.capture(gz)
+    snap = create_snapshot(gz)
+    assert snap["artifacts"]["data"]["file"] == "data.tar.gz" and snap["artifacts"]["data"]["codec"] == "gzip"
+    state.bad_deploy(gz, gz.app_repo_dir)
+    assert run_restore_local(gz, "latest", reason="gzip")["status"] == "succeeded"
+    assert state.capture(gz) == before
+
+
 @pytest.mark.parametrize("artifact, damage", [
     ("db", "flip"), ("db", "truncate"), ("data", "flip"), ("data", "truncate"),
 ])

@@ -66,7 +66,7 @@ def test_restore_latest_backup_enqueues_an_automatic_restore(celery_worker, work
 def test_failed_step_stops_the_chain_and_reports(celery_worker, worker_settings):
     settings = worker_settings
     snap = create_snapshot(settings)
-    (settings.backup_dir / snap["id"] / "data.tar.gz").write_bytes(b"garbage")
+    (settings.backup_dir / snap["id"] / snap["artifacts"]["data"]["file"]).write_bytes(b"garbage")
     doc, result = enqueue_restore(snap["id"], reason="corrupt")
     preflight_result = step_results(result)[0]
     with pytest.raises(Exception) as info:
