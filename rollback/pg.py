@@ -120,6 +120,17 @@ def create_empty_database(conn: psycopg.Connection, name: str, like: str) -> Non
         sql.Identifier(name), sql.Identifier(owner), sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype)))
 
 
+def copy_database_settings(conn: psycopg.Connection, source: str, dest: str) -> None:
+    """Carry `ALTER DATABASE ... SET` parameters (not part of a pg_dump archive) over to dest."""
+    rows = conn.execute(
+        "select unnest(s.setconfig) from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase "
+        "where d.datname = %s and s.setrole = 0", (source,)).fetchall()
+    for (item,) in rows:
+        key, _, value = item.partition("=")
+        conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+            sql.Identifier(dest), sql.Identifier(key), sql.Literal(value)))
+
+
 def relation_inventory(target: DatabaseTarget) -> set[tuple[str, str]]:
     """(schema, name) of every table, view, sequence and index outside the system schemas."""
     with connect(target) as conn:

@@ -114,6 +114,8 @@ class Settings:
     code_rollback_strategy: str = "git"
     gzip_level: int = 1
     backup_codec: str = "zstd"
+    db_restore_strategy: str = "swap"
+    restore_jobs: int = 2
     command_timeout_sec: float = 1800.0
     # canary, beat, notifications (issue C)
     canary_enabled: bool = True
@@ -168,6 +170,8 @@ class Settings:
             code_rollback_strategy=strategy,
             gzip_level=_int(env, "BACKUP_GZIP_LEVEL", 1, minimum=1, maximum=9),
             backup_codec=_choice(env, "BACKUP_CODEC", "zstd", ("zstd", "gzip")),
+            db_restore_strategy=_choice(env, "DB_RESTORE_STRATEGY", "swap", ("swap", "in-place")),
+            restore_jobs=_int(env, "RESTORE_JOBS", os.cpu_count() or 2, minimum=1, maximum=64),
             canary_enabled=env_bool(env, "ROLLBACK_CANARY_ENABLED", True),
             ready_successes=_int(env, "ROLLBACK_READY_SUCCESSES", 1, minimum=1),
             notify_webhook_url=_url(env, "ROLLBACK_NOTIFY_WEBHOOK_URL", webhook) if webhook else None,

@@ -81,12 +81,92 @@ def dump_relations(toc: str) -> set[tuple[str, str]]:
 
 
 # -- restore ----------------------------------------------------------------------------------
-def pre_database_name(live: str, txn: str) -> str:
-    suffix = "__pre_" + txn.removeprefix("txn-").replace("-", "_").lower()
+def _side_name(live: str, kind: str, txn: str) -> str:
+    """`<db>__<kind>_<txn>`, cut to Postgres' 63-byte identifier limit."""
+    suffix = f"__{kind}_" + txn.removeprefix("txn-").replace("-", "_").lower()
     return live[: 63 - len(suffix)] + suffix
 
 
+def pre_database_name(live: str, txn: str) -> str:
+    return _side_name(live, "pre", txn)
+
+
+def new_database_name(live: str, txn: str) -> str:
+    return _side_name(live, "new", txn)
+
+
 def restore_db(ctx: StepContext) -> str:
+    """Dispatch on DB_RESTORE_STRATEGY (the journal pins the choice for re-runs)."""
+    strategy = ctx.marks().get("db_strategy") or ctx.settings.db_restore_strategy
+    ctx.mark("db_strategy", strategy)
+    return restore_db_swap(ctx) if strategy == "swap" else restore_db_in_place(ctx)
+
+
+# -- swap: parallel pg_restore into a fresh database, then two renames ------------------------
+def restore_db_swap(ctx: StepContext) -> str:
+    """Restore into `<db>__new_<txn>` with `pg_restore -j` while the live database keeps serving,
+    then rename live -> `<db>__pre_<txn>` and new -> live. The live database is never modified:
+    until the renames it is untouched, after them it is the kept previous state."""
+    settings, live = ctx.settings, ctx.settings.database.dbname
+    pre, new = pre_database_name(live, ctx.txn), new_database_name(live, ctx.txn)
+    wanted = ctx.snapshot.get("alembic_revision")
+    phase = ctx.marks().get("db_phase")
+    if phase is None:
+        ctx.progress(0, 3, f"pg_restore -j{settings.restore_jobs} into {new}")
+        try:
+            _restore_into_new(ctx, new, wanted)
+        except (RollbackError, OSError) as exc:
+            _drop_quietly(ctx, new)
+            raise StepFailed("db", f"{exc}; the live database was not touched") from None
+        ctx.mark("db_phase", phase := "restored_new")
+    if phase == "restored_new":
+        ctx.progress(2, 3, f"swapping: {live} -> {pre}, {new} -> {live}")
+        _swap_databases(ctx, live, new, pre)
+        ctx.mark("db_pre_copy", pre)
+        ctx.mark("db_phase", "swapped")
+    ctx.progress(3, 3, f"database restored (swap); previous state kept as {pre}")
+    return f"swap (pg_restore -j{settings.restore_jobs} + rename); previous state kept as database {pre}"
+
+
+def _restore_into_new(ctx: StepContext, new: str, wanted: str | None) -> None:
+    target = ctx.settings.database
+    with pg.connect_maintenance(target) as conn:
+        pg.drop_database(conn, new)  # a half-restored one from an interrupted attempt
+        pg.create_empty_database(conn, new, like=target.dbname)
+        pg.copy_database_settings(conn, target.dbname, new)
+    argv = ["pg_restore", "--exit-on-error", "--no-password", f"--jobs={ctx.settings.restore_jobs}",
+            "--dbname", new, str(ctx.artifact_path("db"))]
+    run(argv, env=target.libpq_env(), timeout=ctx.settings.command_timeout_sec)
+    got = pg.alembic_revision(target, new)
+    if got != wanted:
+        raise RollbackError(f"the restored database is at {got or 'no revision'}, expected {wanted or 'none'}")
+
+
+def _swap_databases(ctx: StepContext, live: str, new: str, pre: str) -> None:
+    """live -> pre, new -> live; resumable after a crash between the two renames."""
+    with pg.connect_maintenance(ctx.settings.database) as conn:
+        try:
+            if pg.database_exists(conn, live) and not pg.database_exists(conn, pre):
+                pg.rename_database(conn, live, pre)
+            if not pg.database_exists(conn, live):
+                pg.rename_database(conn, new, live)
+        except RollbackError as exc:
+            if not pg.database_exists(conn, live) and pg.database_exists(conn, pre):
+                pg.rename_database(conn, pre, live)  # undo the first rename
+            raise StepFailed("db", f"swap failed: {exc}; the live database was put back") from None
+
+
+def _drop_quietly(ctx: StepContext, name: str) -> None:
+    try:
+        with pg.connect_maintenance(ctx.settings.database) as conn:
+            pg.drop_database(conn, name)
+    except RollbackError as exc:
+        logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "cleanup_failed", database=name,
+                               error=str(exc))
+
+
+# -- in-place: the runbook's alembic downgrade + pg_restore --clean -----------------------------
+def restore_db_in_place(ctx: StepContext) -> str:
     settings, target = ctx.settings, ctx.settings.database
     dump = ctx.artifact_path("db")
     pre = pre_database_name(target.dbname, ctx.txn)

@@ -37,7 +37,9 @@ def test_snapshot_records_everything(settings):
     assert f"backup start id={entry['id']}" in log and f"backup complete id={entry['id']}" in log
 
 
-def test_round_trip_restores_db_data_code_and_revision(settings, tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["swap", "in-place"])
+def test_round_trip_restores_db_data_code_and_revision(settings, tmp_path, monkeypatch, strategy):
+    settings = settings.with_overrides(db_restore_strategy=strategy)
     before = state.capture(settings)
     snap = create_snapshot(settings, notes="v1")
 
@@ -57,7 +59,10 @@ def test_round_trip_restores_db_data_code_and_revision(settings, tmp_path, monke
     assert after["tree"] == before["tree"]
     assert after["head"] == before["head"] == snap["app_revision"]
     assert after["alembic"] == before["alembic"] == "0002_trips"
-    assert trace.read_text() == "downgrade 0003_bad_deploy\n"
+    if strategy == "in-place":
+        assert trace.read_text() == "downgrade 0003_bad_deploy\n"
+    else:  # the live database was renamed aside untouched, not downgraded
+        assert not trace.exists()
 
     # Nothing lost: the replaced data tree, database and code stay recoverable.
     txn = doc["txn"]
@@ -76,6 +81,7 @@ def test_round_trip_restores_db_data_code_and_revision(settings, tmp_path, monke
 
 def test_restore_invokes_alembic_downgrade(settings, tmp_path, monkeypatch):
     """The downgrade of the new migration really ran on the database before pg_restore."""
+    settings = settings.with_overrides(db_restore_strategy="in-place")
     create_snapshot(settings)
     trace = tmp_path / "downgrade.trace"
     monkeypatch.setenv("MIGRATION_TRACE_FILE", str(trace))
@@ -98,6 +104,7 @@ def test_restore_invokes_alembic_downgrade(settings, tmp_path, monkeypatch):
 
 def test_unknown_db_revision_falls_back_to_clean_slate(settings):
     """A database at a head the deployed code does not know is restored from a clean slate, loudly."""
+    settings = settings.with_overrides(db_restore_strategy="in-place")
     before = state.capture(settings)
     create_snapshot(settings)
     with state.connect(settings) as conn:
@@ -155,6 +162,29 @@ def test_damaged_artifact_is_refused_by_preflight_with_nothing_changed(settings,
         names = [r[0] for r in conn.execute("select datname from pg_database where datname like %s",
                                             (settings.database.dbname + "__pre%",))]
     assert names == []  # not even the safety copy was made
+
+
+def test_swap_keeps_database_settings_and_leaves_live_untouched_on_failure(settings):
+    with state.connect(settings) as conn:
+        conn.execute(f'ALTER DATABASE "{settings.database.dbname}" SET work_mem = \'7MB\'')
+    before = state.capture(settings)
+    snap = create_snapshot(settings)
+    state.bad_deploy(settings, settings.app_repo_dir)
+    broken = state.capture(settings)
+    # A dump whose revision differs from the record: the restored copy is refused before any rename.
+    Manifest(settings.backup_dir).update(snap["id"], alembic_revision="0001_users")
+    with pytest.raises(StepFailed, match="live database was not touched"):
+        run_restore_local(settings, snap["id"], reason="bad record")
+    assert state.capture(settings) == broken
+    with state.connect(settings) as conn:
+        leftovers = [r[0] for r in conn.execute("select datname from pg_database where datname like %s",
+                                                (settings.database.dbname + "\\_\\_%",))]
+    assert leftovers == []
+    Manifest(settings.backup_dir).update(snap["id"], alembic_revision="0002_trips")
+    assert run_restore_local(settings, snap["id"], reason="good")["status"] == "succeeded"
+    assert state.capture(settings) == before
+    with state.connect(settings) as conn:
+        assert conn.execute("show work_mem").fetchone()[0] == "7MB"
 
 
 def test_snapshot_with_unknown_revision_is_refused(settings):
