@@ -106,3 +106,19 @@ def sha256_file(
             if progress is not None:
                 progress(size)
     return digest.hexdigest(), size
+
+
+def syncfs(path: str | os.PathLike) -> None:
+    """Flush every dirty file and directory of the filesystem holding `path` (Linux syncfs(2))."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    except AttributeError:  # no syncfs in this libc: the whole-system sync is a superset
+        os.sync()
+    finally:
+        os.close(fd)
