@@ -1,0 +1,223 @@
+"""Benchmark: the naive runbook path against this product, side by side on the same data.
+
+    python -m bench.run --sizes 0.25,1,2 --reps 3 --write docs/performance.md
+
+For each size (GB of database + the same of data dir) and repetition it times
+  naive: pg_dump -Fc + tar czf (snapshot); pg_restore --clean + tar xzf (restore)
+  ours:  create_snapshot; preflight + db + data + code of a restore (readyz excluded)
+in child processes (so the peak RSS is the worker's own), and reports medians, the naive/ours ratio,
+bytes on disk and peak RSS. Timings are printed and written, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench.datagen import create_data_dir, create_database
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+CHILD = r"""
+import json, resource, sys, time
+from rollback.settings import Settings
+s = Settings.from_env()
+t0 = time.monotonic()
+if sys.argv[1] == "snapshot":
+    from rollback.snapshot import create_snapshot
+    entry = create_snapshot(s, notes="bench")
+    out = {"id": entry["id"], "bytes": sum(a["size"] for a in entry["artifacts"].values())}
+else:
+    from rollback.restore import run_restore_local
+    doc = run_restore_local(s, sys.argv[2], reason="bench")
+    out = {"steps": {k: v.get("duration_sec") for k, v in doc["steps"].items()}, "status": doc["status"]}
+out["seconds"] = time.monotonic() - t0
+out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+MIGRATION = '''"""bench schema (created by bench/datagen.py)
+
+Revision ID: bench_0001
+Revises:
+"""
+revision = "bench_0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    pass
+
+
+def downgrade():
+    pass
+'''
+
+
+class _Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server API)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _timed(argv: list[str], **kw) -> float:
+    t0 = time.monotonic()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.monotonic() - t0
+
+
+def _app_repo(path: Path) -> None:
+    (path / "migrations" / "versions").mkdir(parents=True)
+    shutil.copy(ROOT / "alembic.ini", path / "alembic.ini")
+    shutil.copy(ROOT / "migrations" / "env.py", path / "migrations" / "env.py")
+    shutil.copy(ROOT / "migrations" / "script.py.mako", path / "migrations" / "script.py.mako")
+    (path / "migrations" / "versions" / "bench_0001.py").write_text(MIGRATION)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.email=b@x", "-c", "user.name=b", "commit", "-qm", "bench"]):
+        subprocess.run(["git", "-C", str(path), *args], check=True)
+
+
+def _cleanup_side_copies(db: str, data: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for (name,) in conn.execute("select datname from pg_database where datname like %s", (db + "\\_\\_%",)):
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    for side in data.parent.glob(f"{data.name}.pre-*"):
+        shutil.rmtree(side)
+
+
+def run_size(size_gb: float, reps: int, work: Path) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    db = f"bench_{str(size_gb).replace('.', '_')}"
+    data, backup, repo = work / "data", work / "backup", work / "app"
+    for p in (data, backup, repo, work / "naive"):
+        shutil.rmtree(p, ignore_errors=True)
+    print(f"[{size_gb} GB] generating database and data dir ...", flush=True)
+    db_bytes = create_database(ADMIN_URL, db, size_gb)
+    data_bytes = create_data_dir(data, size_gb)
+    _app_repo(repo)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(os.environ, DATABASE_URL=ADMIN_URL.rsplit("/", 1)[0] + f"/{db}", DATA_BASE_DIR=str(data),
+               BACKUP_DIR=str(backup), APP_REPO_DIR=str(repo), ALEMBIC_CONFIG=str(repo / "alembic.ini"),
+               LOG_DIR=str(work / "logs"), READYZ_URL=f"http://127.0.0.1:{server.server_port}/readyz",
+               ROLLBACK_READY_INTERVAL_SEC="0.2", PYTHONPATH=str(ROOT))
+    pg_env = dict(os.environ, PGHOST="127.0.0.1", PGUSER="postgres", PGDATABASE=db)
+    naive_dir = work / "naive"
+    rows = []
+    for rep in range(reps):
+        print(f"[{size_gb} GB] repetition {rep + 1}/{reps}", flush=True)
+        shutil.rmtree(naive_dir, ignore_errors=True)
+        naive_dir.mkdir()
+        r = {}
+        r["naive_dump"] = _timed(["pg_dump", "-Fc", "-f", str(naive_dir / "db.dump")], env=pg_env)
+        r["naive_tar_c"] = _timed(["tar", "czf", str(naive_dir / "data.tar.gz"), "-C", str(data), "."])
+        r["naive_bytes"] = sum(f.stat().st_size for f in naive_dir.iterdir())
+        r["naive_pg_restore"] = _timed(["pg_restore", "--clean", "--if-exists", "-d", db,
+                                        str(naive_dir / "db.dump")], env=pg_env)
+        (naive_dir / "x").mkdir()
+        r["naive_tar_x"] = _timed(["tar", "xzf", str(naive_dir / "data.tar.gz"), "-C", str(naive_dir / "x")])
+        shutil.rmtree(naive_dir)
+
+        snap = _child(env, "snapshot")
+        r["ours_snapshot"], r["ours_bytes"], r["snapshot_rss_mb"] = snap["seconds"], snap["bytes"], snap["max_rss_mb"]
+        restore = _child(env, "restore", snap["id"])
+        assert restore["status"] == "succeeded", restore
+        for step in ("preflight", "db", "data", "code"):
+            r[f"ours_{step}"] = restore["steps"][step]
+        r["restore_rss_mb"] = restore["max_rss_mb"]
+        rows.append(r)
+        _cleanup_side_copies(db, data)
+        shutil.rmtree(backup, ignore_errors=True)
+    server.shutdown()
+    med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
+    med["size_gb"], med["db_bytes"], med["data_bytes"], med["reps"] = size_gb, db_bytes, data_bytes, reps
+    _drop(db)
+    shutil.rmtree(work, ignore_errors=True)
+    return med
+
+
+def _child(env: dict, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, cwd=ROOT, check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _drop(db: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def table(results: list[dict]) -> str:
+    def mb(n):
+        return f"{n / (1 << 20):,.0f} MiB"
+
+    lines = [
+        "| size (db + data) | naive snapshot | ours snapshot | naive restore | ours restore (preflight / db / data / code) "
+        "| restore ratio naive/ours | bytes naive / ours | peak RSS snapshot / restore |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in results:
+        naive_snap = m["naive_dump"] + m["naive_tar_c"]
+        naive_restore = m["naive_pg_restore"] + m["naive_tar_x"]
+        ours_restore = sum(m[f"ours_{s}"] for s in ("preflight", "db", "data", "code"))
+        lines.append(
+            f"| {mb(m['db_bytes'])} + {mb(m['data_bytes'])} "
+            f"| {naive_snap:.1f} s ({m['naive_dump']:.1f} + {m['naive_tar_c']:.1f}) | {m['ours_snapshot']:.1f} s "
+            f"| {naive_restore:.1f} s ({m['naive_pg_restore']:.1f} + {m['naive_tar_x']:.1f}) "
+            f"| {ours_restore:.1f} s ({m['ours_preflight']:.1f} / {m['ours_db']:.1f} / {m['ours_data']:.1f} / "
+            f"{m['ours_code']:.2f}) | {naive_restore / ours_restore:.2f}× "
+            f"| {mb(m['naive_bytes'])} / {mb(m['ours_bytes'])} "
+            f"| {m['snapshot_rss_mb']:.0f} / {m['restore_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, results: list[dict], command: str) -> None:
+    body = (f"{START}\nCommand: `{command}` — {time.strftime('%Y-%m-%d', time.gmtime())}, "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}, medians of {results[0]['reps']} run(s).\n\n"
+            f"{table(results)}\n{END}")
+    text = path.read_text() if path.exists() else f"# Performance\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    path.write_text(head + body + rest.split(END, 1)[1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="0.25,1,2", help="comma list of GB (database and data dir each)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--workdir", default="/var/tmp/rollback-bench")
+    p.add_argument("--write", help="markdown file to put the table into (between bench markers)")
+    p.add_argument("--json", help="also write the raw medians here")
+    args = p.parse_args(argv)
+    results = [run_size(float(s), args.reps, Path(args.workdir) / f"s{s}") for s in args.sizes.split(",")]
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.write:
+        write_report(Path(args.write), results, "python -m bench.run " + " ".join(argv or sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
