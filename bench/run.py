@@ -39,6 +39,9 @@ if sys.argv[1] == "snapshot":
     from rollback.snapshot import create_snapshot
     entry = create_snapshot(s, notes="bench")
     out = {"id": entry["id"], "bytes": sum(a["size"] for a in entry["artifacts"].values())}
+elif sys.argv[1] == "standby":
+    from rollback.standby import prepare_standby
+    out = {"snapshot_id": prepare_standby(s, sys.argv[2])["snapshot_id"]}
 else:
     from rollback.restore import run_restore_local
     doc = run_restore_local(s, sys.argv[2], reason="bench")
@@ -101,6 +104,8 @@ def _cleanup_side_copies(db: str, data: Path) -> None:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     for side in data.parent.glob(f"{data.name}.pre-*"):
         shutil.rmtree(side)
+    for side in data.parent.glob(f".{data.name}.rollback-standby*"):
+        shutil.rmtree(side)
 
 
 def run_size(size_gb: float, reps: int, work: Path) -> dict:
@@ -143,6 +148,15 @@ def run_size(size_gb: float, reps: int, work: Path) -> dict:
         for step in ("preflight", "db", "data", "code"):
             r[f"ours_{step}"] = restore["steps"][step]
         r["restore_rss_mb"] = restore["max_rss_mb"]
+        _cleanup_side_copies(db, data)
+
+        standby = _child(env, "standby", snap["id"])
+        r["standby_prepare"], r["standby_rss_mb"] = standby["seconds"], standby["max_rss_mb"]
+        warm = _child(env, "restore", snap["id"])
+        assert warm["status"] == "succeeded", warm
+        for step in ("preflight", "db", "data", "code"):
+            r[f"warm_{step}"] = warm["steps"][step]
+        r["warm_rss_mb"] = warm["max_rss_mb"]
         rows.append(r)
         _cleanup_side_copies(db, data)
         shutil.rmtree(backup, ignore_errors=True)
@@ -172,22 +186,27 @@ def table(results: list[dict]) -> str:
         return f"{n / (1 << 20):,.0f} MiB"
 
     lines = [
-        "| size (db + data) | naive snapshot | ours snapshot | naive restore | ours restore (preflight / db / data / code) "
-        "| restore ratio naive/ours | bytes naive / ours | peak RSS snapshot / restore |",
-        "|---|---|---|---|---|---|---|---|",
+        "| size (db + data) | naive snapshot | ours snapshot | naive restore | ours cold restore (preflight / db / data / code) "
+        "| cold ratio naive/ours | ours warm restore (preflight / db / data / code) | standby prep (background) "
+        "| bytes naive / ours | peak RSS snapshot / cold / standby / warm |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in results:
         naive_snap = m["naive_dump"] + m["naive_tar_c"]
         naive_restore = m["naive_pg_restore"] + m["naive_tar_x"]
         ours_restore = sum(m[f"ours_{s}"] for s in ("preflight", "db", "data", "code"))
+        warm = sum(m[f"warm_{s}"] for s in ("preflight", "db", "data", "code"))
         lines.append(
             f"| {mb(m['db_bytes'])} + {mb(m['data_bytes'])} "
             f"| {naive_snap:.1f} s ({m['naive_dump']:.1f} + {m['naive_tar_c']:.1f}) | {m['ours_snapshot']:.1f} s "
             f"| {naive_restore:.1f} s ({m['naive_pg_restore']:.1f} + {m['naive_tar_x']:.1f}) "
             f"| {ours_restore:.1f} s ({m['ours_preflight']:.1f} / {m['ours_db']:.1f} / {m['ours_data']:.1f} / "
             f"{m['ours_code']:.2f}) | {naive_restore / ours_restore:.2f}× "
+            f"| {warm:.2f} s ({m['warm_preflight']:.2f} / {m['warm_db']:.2f} / {m['warm_data']:.2f} / "
+            f"{m['warm_code']:.2f}) | {m['standby_prepare']:.1f} s "
             f"| {mb(m['naive_bytes'])} / {mb(m['ours_bytes'])} "
-            f"| {m['snapshot_rss_mb']:.0f} / {m['restore_rss_mb']:.0f} MB |")
+            f"| {m['snapshot_rss_mb']:.0f} / {m['restore_rss_mb']:.0f} / {m['standby_rss_mb']:.0f} / "
+            f"{m['warm_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 
 

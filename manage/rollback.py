@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune|fingerprint`.
+"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune|standby|fingerprint`.
 
 By default work is sent to the Celery worker and followed live; `--local` runs the same core
 steps in this process (the fallback when Redis is down). Exit codes: 0 success, 1 failed,
@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("txn")
     s.add_argument("--json", action="store_true")
     _add_mode(s)
+
+    s = sub.add_parser("standby", help="prepare the warm standby of a snapshot now, in this process")
+    s.add_argument("snapshot_id", nargs="?", default="latest", help="an id or 'latest' (default)")
+    s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("fingerprint", help="print a fingerprint of the live state to compare before/after")
     s.add_argument("--json", action="store_true")
@@ -219,6 +223,17 @@ def cmd_prune(settings: Settings, args, out: Printer) -> int:
     return EXIT_OK
 
 
+def cmd_standby(settings: Settings, args, out: Printer) -> int:
+    from rollback.standby import prepare_standby
+
+    entry = Manifest(settings.backup_dir).resolve(validate_snapshot_id(args.snapshot_id, allow_latest=True))
+    record = prepare_standby(settings, entry["id"], progress=lambda d, t, m: out("standby", d, t, m))
+    if args.json:
+        return _print_json(record)
+    print(f"warm standby of {record['snapshot_id']} ready: database {record['database']}, tree {record['tree']}")
+    return EXIT_OK
+
+
 def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
     from rollback.fingerprint import fingerprint
 
@@ -234,7 +249,7 @@ def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
 
 COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "show": cmd_show, "verify": cmd_verify,
             "restore": cmd_restore, "resume": cmd_resume, "status": cmd_status, "prune": cmd_prune,
-            "fingerprint": cmd_fingerprint}
+            "fingerprint": cmd_fingerprint, "standby": cmd_standby}
 
 
 # -- helpers ----------------------------------------------------------------------------------

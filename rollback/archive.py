@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable, Iterator
 from rollback.errors import CommandFailed, IntegrityError, UnsafeArchive
 from rollback.fsutil import HashingWriter, fsync_dir, syncfs
 
-DEFAULT_EXCLUDES = (".pre-*", ".rollback-stage-*")  # top-level names under the data dir never archived
+DEFAULT_EXCLUDES = (".pre-*", ".rollback-stage-*", ".rollback-standby*")  # top-level names under the data dir never archived
 
 CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE

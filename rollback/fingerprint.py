@@ -17,6 +17,7 @@ from . import pg
 from .proc import output
 from .settings import Settings
 from .steps.code import strategy_for
+from .steps.data import RESERVED_PREFIXES
 
 
 def schema_digest(settings: Settings) -> str:
@@ -48,7 +49,7 @@ def tree_digest(root: Path) -> tuple[str, int]:
     count = 0
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if not d.startswith((".pre-", ".rollback-stage-"))]
+            dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIXES)]
         dirnames.sort()
         for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name

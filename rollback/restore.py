@@ -70,9 +70,20 @@ def preflight(ctx: StepContext) -> str:
                               f"({settings.alembic_config}); refusing to restore a schema it cannot manage")
     if snap.get("app_revision"):
         code_step.strategy_for(settings).check_available(snap["app_revision"])
-    _check_room(settings, snap)
+    standby_note = _choose_standby(ctx)
+    if not standby_note.startswith("warm standby"):
+        _check_room(settings, snap)  # the standby tree is already on disk: nothing more to stage
     ctx.progress(1, 1, "preflight passed")
-    return "; ".join(checks + ["alembic revision known", "code revision available", "disk space ok"])
+    return "; ".join(checks + ["alembic revision known", "code revision available", "disk space ok", standby_note])
+
+
+def _choose_standby(ctx: StepContext) -> str:
+    """Record in the journal whether the warm standby of this snapshot can be used."""
+    from . import standby
+
+    record, why = standby.usable_standby(ctx.settings, ctx.snapshot)
+    ctx.mark("standby", record)
+    return f"warm standby of {record['snapshot_id']} will be used" if record else f"cold restore ({why})"
 
 
 def _check_room(settings: Settings, snap: dict) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from . import logbook
+from . import logbook, standby
 from .fsutil import fsync_dir
 from .lock import ServiceLock
 from .manifest import Manifest
@@ -33,6 +33,8 @@ def prune(settings: Settings) -> dict:
         if doomed:
             # Manifest first: a crash in between leaves unrecorded folders, which clean_leftovers removes.
             manifest.remove(set(doomed))
+            if (standby.read_record(settings) or {}).get("snapshot_id") in doomed:
+                standby.discard_standby(settings)
             for snapshot_id in doomed:
                 shutil.rmtree(settings.backup_dir / snapshot_id, ignore_errors=True)
             fsync_dir(settings.backup_dir)

@@ -115,6 +115,7 @@ class Settings:
     gzip_level: int = 1
     backup_codec: str = "zstd"
     db_restore_strategy: str = "swap"
+    standby_enabled: bool = True
     restore_jobs: int = 2
     command_timeout_sec: float = 1800.0
     # canary, beat, notifications (issue C)
@@ -171,6 +172,7 @@ class Settings:
             gzip_level=_int(env, "BACKUP_GZIP_LEVEL", 1, minimum=1, maximum=9),
             backup_codec=_choice(env, "BACKUP_CODEC", "zstd", ("zstd", "gzip")),
             db_restore_strategy=_choice(env, "DB_RESTORE_STRATEGY", "swap", ("swap", "in-place")),
+            standby_enabled=env_bool(env, "ROLLBACK_STANDBY", True),
             restore_jobs=_int(env, "RESTORE_JOBS", os.cpu_count() or 2, minimum=1, maximum=64),
             canary_enabled=env_bool(env, "ROLLBACK_CANARY_ENABLED", True),
             ready_successes=_int(env, "ROLLBACK_READY_SUCCESSES", 1, minimum=1),

@@ -1,8 +1,10 @@
-"""Snapshot task."""
+"""Snapshot task, and the warm standby prepared after it in the background."""
 
 from __future__ import annotations
 
+from rollback.errors import LockHeld
 from rollback.snapshot import create_snapshot
+from rollback.standby import prepare_standby
 
 from . import app
 from .base import StateReporter, get_settings
@@ -10,5 +12,19 @@ from .base import StateReporter, get_settings
 
 @app.task(bind=True, name="rollback.snapshot")
 def take_snapshot(self, notes: str = "") -> dict:
-    """Take a snapshot; returns its manifest entry."""
-    return create_snapshot(get_settings(), notes=notes, progress=StateReporter(self))
+    """Take a snapshot; returns its manifest entry. The standby is prepared by a separate task,
+    so the snapshot (and the deploy waiting for it) never waits for it."""
+    settings = get_settings()
+    entry = create_snapshot(settings, notes=notes, progress=StateReporter(self))
+    if settings.standby_enabled:
+        prepare_standby_task.delay(entry["id"])
+    return entry
+
+
+@app.task(bind=True, name="rollback.standby.prepare")
+def prepare_standby_task(self, snapshot_id: str) -> dict:
+    report = StateReporter(self)
+    try:
+        return prepare_standby(get_settings(), snapshot_id, progress=lambda d, t, m: report("standby", d, t, m))
+    except LockHeld as exc:  # another preparation or a restore: the next snapshot prepares again
+        return {"skipped": str(exc)}

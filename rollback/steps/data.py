@@ -16,7 +16,7 @@ from ..errors import RollbackError
 from ..fsutil import fsync_dir
 from .context import StepContext
 
-RESERVED_PREFIXES = (".pre-", ".rollback-stage-")
+RESERVED_PREFIXES = (".pre-", ".rollback-stage-", ".rollback-standby")
 
 
 def layout(data_dir: Path, txn: str, mounted: bool) -> tuple[Path, Path]:
@@ -40,7 +40,8 @@ def restore_data(ctx: StepContext, mounted: bool | None = None) -> str:
     phase = marks.get("data_phase")
 
     if phase is None:
-        _extract(ctx, staging)
+        if not _take_standby_tree(ctx, staging, mounted):
+            _extract(ctx, staging)
         ctx.mark("data_phase", phase := "extracted")
     if mounted:
         if phase == "extracted":
@@ -57,7 +58,23 @@ def restore_data(ctx: StepContext, mounted: bool | None = None) -> str:
         _swap_folders(data_dir, staging, pre)
     ctx.mark("data_phase", "swapped")
     ctx.progress(3, 3, "data directory restored")
-    return f"restored; previous tree kept as {pre}" if pre.exists() else "restored (there was no previous tree)"
+    source = "from the warm standby" if ctx.marks().get("data_source") == "standby" else "extracted"
+    kept = f"previous tree kept as {pre}" if pre.exists() else "there was no previous tree"
+    return f"restored ({source}); {kept}"
+
+
+def _take_standby_tree(ctx: StepContext, staging: Path, mounted: bool) -> bool:
+    """Use the warm standby's tree (verified at preflight) as the staging folder: a rename."""
+    standby = ctx.marks().get("standby")
+    if not standby or standby.get("mounted") != mounted or not Path(standby["tree"]).is_dir():
+        return False
+    if staging.exists():
+        remove_tree(staging)
+    os.rename(standby["tree"], staging)
+    fsync_dir(staging.parent)
+    ctx.mark("data_source", "standby")
+    ctx.progress(1, 3, f"took the warm standby tree of snapshot {standby['snapshot_id']}")
+    return True
 
 
 def _extract(ctx: StepContext, staging: Path) -> None:

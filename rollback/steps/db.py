@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from psycopg import sql
+
 from .. import logbook, migrations_info, pg
 from ..errors import CommandFailed, RollbackError, StepFailed
 from ..fsutil import HashingWriter
@@ -111,6 +113,8 @@ def restore_db_swap(ctx: StepContext) -> str:
     pre, new = pre_database_name(live, ctx.txn), new_database_name(live, ctx.txn)
     wanted = ctx.snapshot.get("alembic_revision")
     phase = ctx.marks().get("db_phase")
+    if phase is None and _take_standby_database(ctx, new):
+        ctx.mark("db_phase", phase := "restored_new")
     if phase is None:
         ctx.progress(0, 3, f"pg_restore -j{settings.restore_jobs} into {new}")
         try:
@@ -125,7 +129,27 @@ def restore_db_swap(ctx: StepContext) -> str:
         ctx.mark("db_pre_copy", pre)
         ctx.mark("db_phase", "swapped")
     ctx.progress(3, 3, f"database restored (swap); previous state kept as {pre}")
-    return f"swap (pg_restore -j{settings.restore_jobs} + rename); previous state kept as database {pre}"
+    how = "warm standby + rename" if ctx.marks().get("db_source") == "standby" else \
+        f"pg_restore -j{settings.restore_jobs} + rename"
+    return f"swap ({how}); previous state kept as database {pre}"
+
+
+def _take_standby_database(ctx: StepContext, new: str) -> bool:
+    """Rename the warm standby database (verified at preflight) to `new`; False to restore cold."""
+    from .. import standby
+
+    record = ctx.marks().get("standby")
+    if not record:
+        return False
+    try:
+        standby.take_database(ctx.settings, record, new)
+    except RollbackError as exc:
+        logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "standby_skipped", error=str(exc))
+        return False
+    standby.forget(ctx.settings)
+    ctx.mark("db_source", "standby")
+    ctx.progress(2, 3, f"took the warm standby database of snapshot {record['snapshot_id']}")
+    return True
 
 
 def _restore_into_new(ctx: StepContext, new: str, wanted: str | None) -> None:
@@ -150,6 +174,7 @@ def _swap_databases(ctx: StepContext, live: str, new: str, pre: str) -> None:
                 pg.rename_database(conn, live, pre)
             if not pg.database_exists(conn, live):
                 pg.rename_database(conn, new, live)
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(live)))
         except RollbackError as exc:
             if not pg.database_exists(conn, live) and pg.database_exists(conn, pre):
                 pg.rename_database(conn, pre, live)  # undo the first rename

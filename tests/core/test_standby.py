@@ -1,0 +1,76 @@
+"""Warm standby: a restore of the prepared snapshot only renames; anything off falls back to cold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rollback.restore import run_restore_local
+from rollback.snapshot import create_snapshot
+from rollback.standby import STANDBY_FILE, prepare_standby, read_record
+from tests import state
+
+
+def _side_databases(settings) -> list[str]:
+    with state.connect(settings) as conn:
+        return sorted(r[0] for r in conn.execute("select datname from pg_database where datname like %s",
+                                                 (settings.database.dbname + "\\_\\_%",)))
+
+
+def test_restore_takes_the_warm_standby(settings):
+    before = state.capture(settings)
+    snap = create_snapshot(settings)
+    record = prepare_standby(settings, snap["id"])
+    assert record["snapshot_id"] == snap["id"] and Path(record["tree"]).is_dir()
+    assert _side_databases(settings) == [record["database"]]
+    # The standby is not part of the live state nor of later snapshots.
+    assert state.tree(settings.data_base_dir) == before["tree"]
+    state.bad_deploy(settings, settings.app_repo_dir)
+
+    doc = run_restore_local(settings, snap["id"], reason="warm")
+
+    assert doc["status"] == "succeeded"
+    assert "warm standby" in doc["steps"]["preflight"]["detail"]
+    assert "warm standby" in doc["steps"]["db"]["detail"]
+    assert "warm standby" in doc["steps"]["data"]["detail"]
+    assert state.capture(settings) == before
+    assert not (settings.backup_dir / STANDBY_FILE).exists() and not Path(record["tree"]).exists()
+    assert _side_databases(settings) == [doc["marks"]["db_pre_copy"]]  # only the kept previous state
+
+
+@pytest.mark.parametrize("tamper", ["tree", "database", "stale"])
+def test_altered_or_stale_standby_falls_back_to_cold(settings, tamper):
+    before = state.capture(settings)
+    snap = create_snapshot(settings)
+    record = prepare_standby(settings, snap["id"])
+    if tamper == "tree":
+        (Path(record["tree"]) / "users.json").write_text("edited after preparation")
+    elif tamper == "database":
+        with state.connect(settings) as conn:
+            conn.execute(f'COMMENT ON DATABASE "{record["database"]}" IS \'something else\'')
+    else:  # a newer snapshot is restored; the standby is of the older one
+        snap = create_snapshot(settings, notes="newer")
+        before = state.capture(settings)
+    state.bad_deploy(settings, settings.app_repo_dir)
+
+    doc = run_restore_local(settings, snap["id"], reason="cold")
+
+    assert doc["status"] == "succeeded"
+    assert "cold restore" in doc["steps"]["preflight"]["detail"]
+    assert "pg_restore" in doc["steps"]["db"]["detail"] and "extracted" in doc["steps"]["data"]["detail"]
+    assert state.capture(settings) == before
+
+
+def test_snapshot_through_the_worker_prepares_the_standby(celery_worker, worker_settings):
+    import time
+
+    from tasks.snapshot import take_snapshot
+
+    entry = take_snapshot.delay("warm").get(timeout=120)
+    deadline = time.monotonic() + 60
+    while (read_record(worker_settings) or {}).get("snapshot_id") != entry["id"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = json.loads((worker_settings.backup_dir / STANDBY_FILE).read_text())
+    assert record["snapshot_id"] == entry["id"]
