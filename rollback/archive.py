@@ -72,6 +72,7 @@ class ArchiveInfo:
 class ScanReport:
     members: int
     total_bytes: int  # sum of regular file sizes
+    root: tarfile.TarInfo | None = None  # the "./" member, whose mode GNU tar does not apply to dest
 
 
 # --------------------------------------------------------------------------- create
@@ -537,12 +538,18 @@ def scan_archive(
         return _scan(raw, Path(path).name, policy)
 
 
-def _scan(raw: BinaryIO, label: str, policy: _MemberPolicy) -> ScanReport:
+def _scan(raw: BinaryIO, label: str, policy: _MemberPolicy, expected_sha256: str | None = None) -> ScanReport:
     stream = _ArchiveStream(raw, label)
+    root = None
     for member in stream.members():
-        policy.admit(member)
+        parts, _kind = policy.admit(member)
+        if not parts:
+            root = member
     policy.finish()
-    return ScanReport(members=policy.members, total_bytes=policy.total_bytes)
+    if expected_sha256 is not None and stream.sha256 != expected_sha256.lower():
+        raise IntegrityError(f"{label}: sha256 {stream.sha256[:16]}... does not match the expected "
+                             f"{expected_sha256[:16]}...")
+    return ScanReport(members=policy.members, total_bytes=policy.total_bytes, root=root)
 
 
 def extract_archive(
@@ -553,11 +560,14 @@ def extract_archive(
     expected_size: int,
     max_bytes: int,
     progress: Progress | None = None,
+    engine: str = "tar",
 ) -> None:
     """Verify and extract an archive into dest_dir, which must not exist yet.
 
-    Order: size check, full scan, extraction while hashing the compressed bytes, hash check,
-    fsync. On any failure dest_dir is removed entirely and the error re-raised.
+    Order: size check, full scan by our own policy (hash-checked), extraction while hashing the
+    compressed bytes again, hash check, fsync. `engine="tar"` extracts the scanned bytes with GNU tar
+    (about 4x faster than a Python loop); `engine="python"` uses our own extractor, which re-checks
+    every member and never follows a symlink. On any failure dest_dir is removed entirely.
     """
     path, dest_dir = Path(path), Path(dest_dir)
     if os.path.lexists(dest_dir):
@@ -566,14 +576,18 @@ def extract_archive(
         actual = os.fstat(raw.fileno()).st_size
         if actual != expected_size:
             raise IntegrityError(f"{path.name}: size is {actual} bytes, expected {expected_size}")
-        _scan(raw, path.name, _MemberPolicy(max_bytes=max_bytes))
+        report = _scan(raw, path.name, _MemberPolicy(max_bytes=max_bytes), expected_sha256)
         raw.seek(0)
         os.mkdir(dest_dir, 0o700)
         try:
             os.chmod(dest_dir, 0o700)
-            _Extractor(dest_dir, max_bytes, progress).run(
-                _ArchiveStream(raw, path.name), expected_sha256, expected_size
-            )
+            if engine == "tar":
+                _extract_with_tar(raw, path.name, dest_dir, expected_sha256, expected_size, progress)
+                _apply_root_metadata(dest_dir, report.root)
+            else:
+                _Extractor(dest_dir, max_bytes, progress).run(
+                    _ArchiveStream(raw, path.name), expected_sha256, expected_size
+                )
             fsync_dir(dest_dir.parent)
         except BaseException as exc:
             try:
@@ -581,6 +595,52 @@ def extract_archive(
             except OSError as cleanup_error:
                 exc.add_note(f"could not remove {dest_dir}: {cleanup_error}")
             raise
+
+
+def _extract_with_tar(raw: BinaryIO, label: str, dest: Path, expected_sha256: str, expected_size: int,
+                      progress: Progress | None) -> None:
+    """Feed the already scanned bytes to GNU tar, hashing them again on the way: if the file changed
+    after the scan, the hash differs and the extraction is discarded."""
+    codec = detect_codec(raw, label)
+    argv = ["tar", "--extract", "--file=-", f"--directory={dest}", "--zstd" if codec == "zstd" else "--gzip",
+            "--no-same-owner", "--preserve-permissions", "--delay-directory-restore", "--keep-old-files",
+            "--warning=no-timestamp"]
+    hasher = hashlib.sha256()
+    fed = 0
+    with tempfile.TemporaryFile() as errf:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf,
+                                env=_command_env())
+        try:
+            while chunk := raw.read(CHUNK):
+                hasher.update(chunk)
+                fed += len(chunk)
+                proc.stdin.write(chunk)
+                if progress is not None:
+                    progress(fed)
+            proc.stdin.close()
+            returncode = proc.wait()
+        except BrokenPipeError:
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if returncode != 0:
+            raise CommandFailed(argv, returncode, _read_tail(errf))
+    if fed != expected_size or hasher.hexdigest() != expected_sha256.lower():
+        raise IntegrityError(f"{label}: archive changed during extraction (sha256 {hasher.hexdigest()[:16]}...)")
+    syncfs(dest)
+
+
+def _apply_root_metadata(dest: Path, root: tarfile.TarInfo | None) -> None:
+    """GNU tar leaves an existing target directory's mode alone; give it the archived one."""
+    if root is None:
+        return
+    os.chmod(dest, root.mode & 0o7777)
+    mtime = _mtime_ns(root)
+    if mtime is not None:
+        os.utime(dest, ns=(mtime, mtime))
+    fsync_dir(dest)
 
 
 class _Extractor:

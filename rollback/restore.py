@@ -219,7 +219,7 @@ def reconcile(settings: Settings) -> dict | None:
             remaining = [s for s in RESTORE_STEPS if doc["steps"][s]["status"] != "ok"]
             attempt = doc.get("attempt", 1) + 1
             if attempt > MAX_ATTEMPTS:
-                message = f"interrupted {attempt - 1} times; stopped (resume by hand: restore --resume {txn})"
+                message = f"interrupted {attempt - 1} times; stopped (resume by hand: python -m manage.rollback resume {txn})"
                 journal.finish(txn, "failed", error=message)
                 lock.release(txn)
                 logbook.rollback_event(settings.rollback_log, txn, "restore", "failed", error=message)

@@ -31,7 +31,8 @@ CHUNK = 1 << 20
 # -- snapshot ---------------------------------------------------------------------------------
 def dump_database(settings, dest: Path, progress=None) -> dict:
     """pg_dump -Fc into dest, hashing while writing; returns the artifact record."""
-    argv = ["pg_dump", "--format=custom", "--no-password"]
+    # --compress=1: measured 2.5x faster than the default level for a 10 % larger dump.
+    argv = ["pg_dump", "--format=custom", "--compress=1", "--no-password"]
     env = child_env(settings.database.libpq_env())
     with tempfile.TemporaryFile() as errf, open(dest, "wb") as out:
         writer = HashingWriter(out)
