@@ -26,7 +26,30 @@ pytest_plugins = ("celery.contrib.pytest",)
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+def _claim_redis_db() -> int:
+    """A Redis DB number of this test session's own: two pytest runs on one machine (a developer's and
+    CI's, or parallel sessions) must not consume each other's Celery tasks or flush each other's DB.
+    The claim is an flock held for the life of the process (released by the kernel at exit)."""
+    if os.environ.get("TEST_REDIS_DB"):
+        return int(os.environ["TEST_REDIS_DB"])
+    import fcntl
+
+    for number in range(1, 16):
+        if number == 14:  # the demo's
+            continue
+        fd = os.open(f"/tmp/rollback-tests-redis-db-{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _CLAIMS.append(fd)
+        return number
+    raise RuntimeError("no free Redis DB number for the tests (15 pytest sessions at once?)")
+
+
+_CLAIMS: list[int] = []
+REDIS_DB = _claim_redis_db()
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 
