@@ -2,6 +2,11 @@
 
 import os
 
+from celery.schedules import crontab
+
+# The validator Settings applies to BACKUP_PRUNE_SCHEDULE, so beat and the worker agree on what is valid.
+from rollback.settings import env_schedule as validated_schedule
+
 broker_url = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
 result_backend = os.environ.get("CELERY_RESULT_BACKEND") or "redis://127.0.0.1:6379/0"
 
@@ -31,4 +36,28 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_st
 redis_socket_connect_timeout = 5
 redis_socket_timeout = 30
 
-imports = ("tasks.snapshot", "tasks.restore", "tasks.maintenance")
+imports = ("tasks.snapshot", "tasks.restore", "tasks.maintenance", "tasks.canary")
+
+
+def celery_schedule(text: str):
+    """'hourly' | 'daily' | seconds | a 5-field crontab (minute hour day-of-month month day-of-week)."""
+    if text == "hourly":
+        return crontab(minute=0)
+    if text == "daily":
+        return crontab(minute=0, hour=0)
+    fields = text.split(" ")
+    if len(fields) == 5:
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                       day_of_week=day_of_week)
+    return float(text)
+
+
+# `celery -A tasks beat` sends exactly these two; both take the service lock only briefly.
+_housekeeping = celery_schedule(validated_schedule(os.environ, "BACKUP_PRUNE_SCHEDULE", "hourly"))
+# A run that waited longer than one period is superseded by the next: no backlog after downtime.
+_expires = _housekeeping if isinstance(_housekeeping, float) else 3600.0
+beat_schedule = {
+    "rollback-prune": {"task": "rollback.prune", "schedule": _housekeeping, "options": {"expires": _expires}},
+    "rollback-cleanup": {"task": "rollback.cleanup", "schedule": _housekeeping, "options": {"expires": _expires}},
+}

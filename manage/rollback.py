@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune|standby|fingerprint`.
+"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune|standby|canary|fingerprint`.
 
 By default work is sent to the Celery worker and followed live; `--local` runs the same core
 steps in this process (the fallback when Redis is down). Exit codes: 0 success, 1 failed,
@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("standby", help="prepare the warm standby of a snapshot now, in this process")
     s.add_argument("snapshot_id", nargs="?", default="latest", help="an id or 'latest' (default)")
     s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("canary", help="after a deploy: watch /readyz, roll back automatically if not ready")
+    s.add_argument("--snapshot", help="the snapshot to restore (default: the newest taken before this deploy)")
+    s.add_argument("--deploy-id", help="names the deploy (default: a new id); at most one automatic rollback each")
+    s.add_argument("--no-wait", action="store_true", help="enqueue and print the task id without following")
+    s.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
 
     s = sub.add_parser("fingerprint", help="print a fingerprint of the live state to compare before/after")
     s.add_argument("--json", action="store_true")
@@ -234,6 +240,46 @@ def cmd_standby(settings: Settings, args, out: Printer) -> int:
     return EXIT_OK
 
 
+def cmd_canary(settings: Settings, args, out: Printer) -> int:
+    """Exit 0 when the deploy is ready, 1 when it is not (rolled back or not), 2 on bad input."""
+    from rollback.canary import new_deploy_id, validate_deploy_id
+    from tasks.canary import enqueue_canary
+
+    snapshot = validate_snapshot_id(args.snapshot, allow_latest=True) if args.snapshot else None
+    deploy_id = validate_deploy_id(args.deploy_id) if args.deploy_id else new_deploy_id()
+    _require_worker()
+    result = enqueue_canary(deploy_id, snapshot)
+    if args.no_wait:
+        payload = {"deploy_id": deploy_id, "task_id": result.id}
+        return _print_json(payload) if args.json else _say(f"canary of deploy {deploy_id} enqueued (task {result.id})")
+    out.line(f"canary of deploy {deploy_id} enqueued (task {result.id})")
+    verdict = _follow_canary(result, out)
+    if args.json:
+        _print_json(verdict)
+    else:
+        print(f"canary of deploy {deploy_id}: {verdict['status'].upper()}: {verdict['message']}")
+    return EXIT_OK if verdict["status"] == "ready" else EXIT_FAILED
+
+
+def _follow_canary(result, out: Printer, poll: float = 0.1) -> dict:
+    """Follow the canary task through its re-runs (RETRY states carry why it waits) to its verdict."""
+    from tasks import app
+
+    while True:
+        while not result.ready():
+            if result.state == "RETRY":
+                out("canary", 0, 0, str(result.info))
+            time.sleep(poll)
+        if result.failed():
+            exc = result.result
+            raise exc if isinstance(exc, RollbackError) else RollbackError(f"canary failed: {exc}")
+        verdict = result.get()
+        if verdict["status"] != "duplicate":
+            return verdict
+        out.line(f"  a canary of deploy {verdict['deploy_id']} is already running; following it")
+        result = app.AsyncResult(verdict["watched_by"])
+
+
 def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
     from rollback.fingerprint import fingerprint
 
@@ -249,7 +295,7 @@ def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
 
 COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "show": cmd_show, "verify": cmd_verify,
             "restore": cmd_restore, "resume": cmd_resume, "status": cmd_status, "prune": cmd_prune,
-            "fingerprint": cmd_fingerprint, "standby": cmd_standby}
+            "fingerprint": cmd_fingerprint, "standby": cmd_standby, "canary": cmd_canary}
 
 
 # -- helpers ----------------------------------------------------------------------------------

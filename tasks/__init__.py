@@ -9,6 +9,7 @@ app = Celery("tasks")
 app.config_from_object("celeryconfig")
 
 from . import signals  # noqa: E402,F401  (reconcile at worker start)
+from .canary import enqueue_canary  # noqa: E402,F401
 from .restore import enqueue_restore, restore_latest_backup  # noqa: E402,F401
 
-__all__ = ["app", "enqueue_restore", "restore_latest_backup"]
+__all__ = ["app", "enqueue_canary", "enqueue_restore", "restore_latest_backup"]

@@ -1,7 +1,9 @@
-"""Housekeeping tasks: retention and verification."""
+"""Housekeeping tasks: retention, pre-restore cleanup and verification. Beat schedules the first two
+(celeryconfig.beat_schedule)."""
 
 from __future__ import annotations
 
+from rollback.cleanup import clean_pre_restore
 from rollback.retention import prune
 from rollback.verify import verify_snapshot
 
@@ -12,6 +14,12 @@ from .base import StateReporter, get_settings
 @app.task(bind=True, name="rollback.prune")
 def prune_snapshots(self) -> dict:
     return prune(get_settings())
+
+
+@app.task(bind=True, name="rollback.cleanup")
+def cleanup_pre_restore(self) -> dict:
+    """Remove what finished restores kept for undo, once older than PRE_RETENTION_DAYS."""
+    return clean_pre_restore(get_settings())
 
 
 @app.task(bind=True, name="rollback.verify")

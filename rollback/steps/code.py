@@ -1,7 +1,8 @@
 """Code: bring APP_REPO_DIR back to the snapshot's revision, behind a small strategy interface.
 
 `git` (default) moves HEAD with `git reset --hard`; the revision it replaces and any uncommitted
-tracked changes are kept under refs/rollback/ so nothing is lost. Issue C adds a `render` strategy.
+tracked changes are kept under refs/rollback/ so nothing is lost. `render` asks Render's API to
+roll the service back to the deploy built from the snapshot's commit and waits until it is live.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from .. import render
 from ..errors import RollbackError
 from ..proc import output, run
 from ..settings import Settings
@@ -59,6 +61,7 @@ class GitStrategy:
                 self._git("update-ref", f"refs/rollback/stash-{tag}", stash)
                 ctx.mark("code_stash_ref", f"refs/rollback/stash-{tag}")
         ctx.progress(1, 2, f"git reset --hard {revision[:12]}")
+        self._clear_stale_index_lock(ctx)
         self._git("reset", "--hard", "--quiet", revision)
         now, _ = self.current_revision()
         if now != revision:
@@ -67,9 +70,61 @@ class GitStrategy:
         return f"{head[:12]} -> {revision[:12]} (previous kept as refs/rollback/pre-{tag}{saved})"
 
 
+    def _clear_stale_index_lock(self, ctx: StepContext) -> None:
+        """A worker killed during `git reset` leaves .git/index.lock; a re-run of this step (we hold the
+        service lock) would fail on it forever. Remove it, and say so in the log."""
+        lock = Path(self._git("rev-parse", "--git-path", "index.lock"))
+        lock = lock if lock.is_absolute() else self.repo / lock
+        if lock.exists():
+            lock.unlink()
+            from .. import logbook
+
+            logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "code", "stale_lock_removed", path=str(lock))
+
+
+class RenderStrategy:
+    """Code lives in Render's deploys: the revision is the live deploy's commit, a restore is a rollback."""
+
+    def __init__(self, client: render.RenderClient, timeout: float, interval: float):
+        self.client, self.timeout, self.interval = client, timeout, interval
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RenderStrategy":
+        """A Render deploy is waited for like an external command, polled like /readyz."""
+        client = render.RenderClient(settings.render_api_url, settings.render_api_key or "",
+                                     settings.render_service_id or "")
+        return cls(client, timeout=settings.command_timeout_sec, interval=settings.ready_interval_sec)
+
+    def current_revision(self) -> tuple[str, bool]:
+        live = self.client.live_deploy()
+        if live is None or not live.commit:
+            raise RollbackError(f"Render service {self.client.service_id} has no live deploy with a commit")
+        return live.commit, False  # a Render deploy is a build of a commit: nothing uncommitted
+
+    def check_available(self, revision: str) -> None:
+        render.find_rollback_target(self.client, revision)
+
+    def restore(self, ctx: StepContext, revision: str) -> str:
+        # A re-run (the worker restarts when Render swaps the instance) follows the deploy it started.
+        started = ctx.marks().get("render_rollback")
+        if not started:
+            target = render.find_rollback_target(self.client, revision)
+            if target.status == render.LIVE:
+                return f"Render deploy {target.id} of {revision[:12]} is already live"
+            ctx.progress(1, 2, f"Render rollback to deploy {target.id} ({revision[:12]})")
+            new = self.client.rollback(target.id)
+            started = {"target": target.id, "deploy": new.id}
+            ctx.mark("render_rollback", started)
+        render.wait_until_live(self.client, started["deploy"], self.timeout, self.interval,
+                               progress=lambda m: ctx.progress(1, 2, m))
+        return f"Render rollback to deploy {started['target']} ({revision[:12]}): deploy {started['deploy']} live"
+
+
 def strategy_for(settings: Settings) -> CodeStrategy:
     if settings.code_rollback_strategy == "git":
         return GitStrategy(settings.app_repo_dir)
+    if settings.code_rollback_strategy == "render":
+        return RenderStrategy.from_settings(settings)
     raise RollbackError(f"CODE_ROLLBACK_STRATEGY {settings.code_rollback_strategy} is not available")
 
 

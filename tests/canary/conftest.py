@@ -1,0 +1,3 @@
+"""Canary tests script their own /readyz and receive alerts on a local webhook."""
+
+from tests.canary.fixtures import readyz, settings, webhook  # noqa: F401
