@@ -24,6 +24,7 @@ from .verify import verify_artifacts
 
 MAX_ATTEMPTS = 3
 STEP_LOCK_WAIT_SEC = 30.0
+ADMISSION_WAIT_SEC = 5.0  # rides over prune/cleanup/standby publishing; an admitted restore still refuses
 
 StepProgress = Callable[[str, int, int, str], None]
 
@@ -43,7 +44,7 @@ def begin_restore(settings: Settings, snapshot_ref: str, reason: str, auto: bool
     lock, journal = ServiceLock(settings.backup_dir), Journal(settings.backup_dir)
     txn = new_txn_id()
     try:
-        with lock.held({"kind": "restore", "txn": txn, "step": "admission"}):
+        with lock.held({"kind": "restore", "txn": txn, "step": "admission"}, wait_sec=ADMISSION_WAIT_SEC):
             active = lock.active()
             if active:
                 raise LockHeld(f"refused: {describe_holder(active)}", active)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -25,7 +25,7 @@ class DatabaseTarget:
     host: str
     port: int
     user: str
-    password: str | None
+    password: str | None = field(repr=False)  # settings get printed in tracebacks
     dbname: str
     query: str = ""
 
@@ -125,9 +125,11 @@ class Settings:
     prune_schedule: str = "hourly"
     pre_retention_days: float = 7.0
     # Render code strategy (issue C)
-    render_api_key: str | None = None
+    render_api_key: str | None = field(default=None, repr=False)
     render_service_id: str | None = None
     render_api_url: str = "https://api.render.com/v1"
+    # HMAC over manifest.json (rollback/manifest.py); the key lives outside BACKUP_DIR
+    manifest_hmac_key: str | None = field(default=None, repr=False)
 
     @property
     def rollback_log(self) -> Path:
@@ -182,6 +184,7 @@ class Settings:
             render_api_key=render_key,
             render_service_id=render_service,
             render_api_url=_url(env, "RENDER_API_URL", "https://api.render.com/v1").rstrip("/"),
+            manifest_hmac_key=env.get("MANIFEST_HMAC_KEY", "").strip() or None,
         )
 
 
@@ -264,7 +267,7 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 # The same validators, for adapters (web/) that load settings of their own.
-env_int, env_float, env_path, env_url = _int, _float, _path, _url
+env_int, env_float, env_path, env_url, env_schedule = _int, _float, _path, _url, _schedule
 
 
 def _git_toplevel(cwd: Path) -> Path:

@@ -60,7 +60,8 @@ def create_snapshot(settings: Settings, notes: str = "", progress: SnapshotProgr
     snapshot_id = snapshot_id or new_snapshot_id()
     manifest = Manifest(settings.backup_dir)
     lock = ServiceLock(settings.backup_dir)
-    with lock.held({"kind": "snapshot", "snapshot_id": snapshot_id}):
+    # A short wait rides over prune, cleanup or a standby being published; a restore still refuses.
+    with lock.held({"kind": "snapshot", "snapshot_id": snapshot_id}, wait_sec=10):
         active = lock.active()
         if active:
             raise LockHeld(f"refused: {describe_holder(active)}", active)

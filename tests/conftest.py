@@ -197,7 +197,7 @@ def live_env(env, settings):
 
 
 @pytest.fixture
-def worker_process(live_env, redis_db):
+def worker_process(live_env, redis_db, tmp_path):
     """Start real `celery -A tasks worker` processes (configured only by the environment); all are
     stopped at the end. Each runs in its own process group so a test can kill the whole group."""
     from tasks import app
@@ -206,16 +206,18 @@ def worker_process(live_env, redis_db):
     procs = []
 
     def start(name: str = "w1") -> subprocess.Popen:
+        log = open(tmp_path / f"worker-{name}.log", "wb")  # a file: an unread pipe could block the worker
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "--concurrency", "1",
              "--without-gossip", "--without-mingle", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h"],
-            cwd=ROOT, env=dict(os.environ, **live_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=dict(os.environ, **live_env), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
+        log.close()
         procs.append(proc)
         deadline = time.monotonic() + 60
         while not any(f"{name}-{os.getpid()}@" in host for reply in app.control.ping(timeout=0.5) for host in reply):
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                out = (tmp_path / f"worker-{name}.log").read_text(errors="replace")
                 pytest.fail(f"worker did not start: {out[-2000:]}")
         return proc
 

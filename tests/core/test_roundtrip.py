@@ -198,3 +198,15 @@ def test_reason_is_required(settings):
     create_snapshot(settings)
     with pytest.raises(PreflightFailed, match="reason"):
         run_restore_local(settings, "latest", reason="  ")
+
+
+def test_code_step_clears_an_index_lock_left_by_a_killed_git(settings):
+    """A worker killed during `git reset` leaves .git/index.lock; the resumed code step must not stick."""
+    before = state.capture(settings)
+    create_snapshot(settings)
+    state.bad_deploy(settings, settings.app_repo_dir)
+    (settings.app_repo_dir / ".git" / "index.lock").write_text("")
+    doc = run_restore_local(settings, "latest", reason="stale git lock")
+    assert doc["status"] == "succeeded"
+    assert state.capture(settings) == before
+    assert "step=code status=stale_lock_removed" in settings.rollback_log.read_text()
