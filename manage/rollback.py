@@ -191,12 +191,11 @@ def cmd_resume(settings: Settings, args, out: Printer) -> int:
     out.line(f"resuming {txn} (attempt {doc['attempt']})")
     if args.local:
         return _finish_local(settings, txn, args, out)
-    from tasks.restore import record_task_ids, restore_canvas
+    from tasks.restore import send_canvas
 
     _require_worker()
     steps = [s for s in RESTORE_STEPS if doc["steps"][s]["status"] != "ok"]
-    result = restore_canvas(txn, doc["attempt"], steps).apply_async()
-    record_task_ids(settings, txn, steps, result)
+    result = send_canvas(settings, txn, doc["attempt"], steps)
     return _follow_restore(settings, txn, result, args, out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import chain
+from celery.utils import uuid
 
 from rollback import restore as core
 from rollback.journal import RESTORE_STEPS, Journal
@@ -49,9 +50,14 @@ STEP_TASKS = {"preflight": preflight, "db": restore_db, "data": restore_data, "c
               "readyz": restore_readyz}
 
 
-def restore_canvas(txn: str, attempt: int, steps=RESTORE_STEPS):
-    """Immutable signatures: each step gets (txn, attempt), never the previous result."""
-    return chain(*(STEP_TASKS[s].si(txn, attempt) for s in steps))
+def send_canvas(settings: Settings, txn: str, attempt: int, steps=RESTORE_STEPS):
+    """Send chain(steps) with immutable signatures (txn, attempt), after recording which task id runs
+    which step in the journal: recorded first, so no step's own journal write can race with it."""
+    steps = list(steps)
+    ids = [uuid() for _ in steps]
+    record_task_ids(settings, txn, dict(zip(steps, ids)))
+    canvas = chain(*(STEP_TASKS[s].si(txn, attempt).set(task_id=i) for s, i in zip(steps, ids)))
+    return canvas.apply_async()
 
 
 def step_results(result) -> list:
@@ -70,20 +76,19 @@ def enqueue_restore(snapshot_ref: str, reason: str, auto: bool = False, requeste
     settings = settings or get_settings()
     doc = core.begin_restore(settings, snapshot_ref, reason, auto, requested_by)
     try:
-        result = restore_canvas(doc["txn"], doc["attempt"]).apply_async()
+        result = send_canvas(settings, doc["txn"], doc["attempt"])
     except Exception as exc:  # broker unreachable: do not leave the service claimed
         core.abandon(settings, doc["txn"], f"could not enqueue the restore: {exc}")
         raise
-    record_task_ids(settings, doc["txn"], RESTORE_STEPS, result)
     return doc, result
 
 
-def record_task_ids(settings: Settings, txn: str, steps, result) -> None:
+def record_task_ids(settings: Settings, txn: str, ids: dict) -> None:
     """Remember which Celery task runs which step, so any client can follow the txn."""
-    doc = Journal(settings.backup_dir).load(txn)
-    ids = dict(doc.get("task_ids") or {})
-    ids.update(zip(steps, (r.id for r in step_results(result))))
-    Journal(settings.backup_dir).update(txn, task_ids=ids)
+    journal = Journal(settings.backup_dir)
+    merged = dict(journal.load(txn).get("task_ids") or {})
+    merged.update(ids)
+    journal.update(txn, task_ids=merged)
 
 
 def restore_latest_backup(reason: str, auto: bool = False, requested_by: str = "canary",

@@ -15,7 +15,7 @@ log = logging.getLogger("rollback")
 @worker_ready.connect
 def reconcile_on_start(sender=None, **_):
     from .base import get_settings
-    from .restore import record_task_ids, restore_canvas
+    from .restore import send_canvas
 
     try:
         settings = get_settings()
@@ -27,5 +27,4 @@ def reconcile_on_start(sender=None, **_):
         return
     log.warning("reconcile: %s", outcome)
     if outcome["action"] == "resume":
-        result = restore_canvas(outcome["txn"], outcome["attempt"], outcome["steps"]).apply_async()
-        record_task_ids(settings, outcome["txn"], outcome["steps"], result)
+        send_canvas(settings, outcome["txn"], outcome["attempt"], outcome["steps"])
