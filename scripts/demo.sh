@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Demo of the main job on local Postgres + Redis, from a fresh machine:
-#   set up -> app v1 running -> snapshot -> bad deploy -> restore -> fingerprint equal again.
+#   set up -> app v1 running -> deploy hook "pre" (snapshot + warm standby) -> a bad deploy that breaks
+#   /readyz -> deploy hook "post" (canary) -> automatic rollback -> fingerprint equal again.
 # Everything it creates lives in ./demo-state and the database rollback_demo (re-created each run).
+# DEMO_KEEP=1 keeps the web console (/admin/rollback) and the worker running at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,7 +20,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say "Preparing a fresh demo app in $STATE (database $DB)"
 rm -rf "$STATE"
 mkdir -p "$STATE"/{app,data/uploads,logs}
-for old in $("${PSQL[@]}" -d postgres -c "select datname from pg_database where datname = '$DB' or datname like '${DB}\_\_pre\_%'"); do
+for old in $("${PSQL[@]}" -d postgres -c "select datname from pg_database where datname = '$DB' or datname like '${DB}\_\_%'"); do
   "${PSQL[@]}" -d postgres -c "DROP DATABASE \"$old\" WITH (FORCE)"
 done
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE \"$DB\""
@@ -28,7 +30,12 @@ export DATA_BASE_DIR="$STATE/data" BACKUP_DIR="$STATE/backup" LOG_DIR="$STATE/lo
 export APP_REPO_DIR="$STATE/app" ALEMBIC_CONFIG="$STATE/app/alembic.ini"
 export READYZ_URL="http://127.0.0.1:$PORT/readyz" PORT
 export CELERY_BROKER_URL=${DEMO_REDIS_URL:-redis://127.0.0.1:6379/14} CELERY_RESULT_BACKEND=${DEMO_REDIS_URL:-redis://127.0.0.1:6379/14}
-export ROLLBACK_READY_TIMEOUT_SEC=30 ROLLBACK_READY_INTERVAL_SEC=0.5
+export ROLLBACK_READY_TIMEOUT_SEC=6 ROLLBACK_READY_INTERVAL_SEC=0.5
+# The console and the API (web/), loopback only by default; /readyz also checks users.json and the tables.
+export ROLLBACK_ADMIN_USER=admin ROLLBACK_ADMIN_PASSWORD=${DEMO_ADMIN_PASSWORD:-demo-password}
+SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')
+ROLLBACK_API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')
+export SECRET_KEY ROLLBACK_API_TOKEN READYZ_TABLES=users:1,trips
 
 # The protected app: this repo's alembic.ini + migrations, in a git repo of its own.
 cp alembic.ini "$APP_REPO_DIR/"
@@ -58,9 +65,11 @@ curl -fsS "$READYZ_URL"; echo
 say "State of app v1"
 python -m manage.rollback fingerprint | tee "$STATE/before.txt"
 
-say "Snapshot before the deploy (through the worker)"
-python -m manage.rollback snapshot --notes "demo: before deploy $(date -u +%Y%m%dT%H%M%SZ)"
+say "Deploy hook, before the deploy: snapshot through the worker"
+bash scripts/deploy_hook.sh pre --deploy-id demo-1
 python -m manage.rollback list
+for _ in $(seq 60); do [ -f "$BACKUP_DIR/standby.json" ] && break; sleep 0.5; done
+[ -f "$BACKUP_DIR/standby.json" ] && echo "warm standby of the snapshot prepared in the background"
 
 say "A bad deploy: new commit with a migration, rows changed, files changed"
 cat > "$APP_REPO_DIR/migrations/versions/0003_bad.py" <<'PY'
@@ -95,15 +104,28 @@ echo "garbage" > "$DATA_BASE_DIR/users.json"
 rm "$DATA_BASE_DIR/uploads/photo.bin"
 python -m manage.rollback fingerprint | tee "$STATE/broken.txt"
 
-say "Restore the snapshot (through the worker, progress shown live)"
-python -m manage.rollback restore --snapshot latest --reason "demo: bad deploy" --yes
+say "The app is broken: /readyz"
+curl -sS "$READYZ_URL"; echo
+
+say "Deploy hook, after the deploy: the canary sees /readyz failing and rolls back by itself"
+rc=0
+bash scripts/deploy_hook.sh post --deploy-id demo-1 || rc=$?
+[ "$rc" -eq 1 ] || { say "FAILED: expected the canary to report 'not ready' (exit 1), got $rc"; exit 1; }
+python -m manage.rollback status
+curl -fsS "$READYZ_URL"; echo
 
 say "State after the restore"
 python -m manage.rollback fingerprint | tee "$STATE/after.txt"
 echo
-tail -n 7 "$LOG_DIR/rollback.log"
+grep -E "CANARY|step=restore|status=ok" "$LOG_DIR/rollback.log" | tail -n 12
 if diff -u "$STATE/before.txt" "$STATE/after.txt"; then
   say "OK: code, Alembic revision, schema, rows and data directory are exactly as before the deploy"
 else
   say "FAILED: the state after the restore differs from the state before the deploy"; exit 1
+fi
+if [ "${DEMO_KEEP:-0}" = "1" ]; then
+  say "Console: http://127.0.0.1:$PORT/admin/rollback/ (user admin, password $ROLLBACK_ADMIN_PASSWORD); Ctrl-C stops"
+  echo "API:  curl -X POST -H 'Authorization: Bearer $ROLLBACK_API_TOKEN' -H 'Content-Type: application/json' \\"
+  echo "        -d '{\"snapshot_id\": \"latest\", \"reason\": \"demo\"}' http://127.0.0.1:$PORT/admin/rollback/api/restore"
+  wait $WEB
 fi
