@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,16 +121,24 @@ def test_killed_restore_is_resumed_to_the_snapshot_state(settings, env):
     assert ServiceLock(settings.backup_dir).active() is None
 
 
-def test_data_dir_that_is_a_mount_point_swaps_children(settings, tmp_path):
-    """Render's disk cannot be renamed: children are parked in .pre-<txn> and replaced."""
-    mount_dir = tmp_path / "disk"
-    mount_dir.mkdir()
+@contextlib.contextmanager
+def tmpfs(path, size: str):
+    """A real small filesystem mounted at `path` for the test (skipped where mounting is impossible)."""
+    path.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_dir)], check=True,
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True,
                        capture_output=True)
     except (subprocess.CalledProcessError, FileNotFoundError):
         pytest.skip("cannot mount a tmpfs here")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_data_dir_that_is_a_mount_point_swaps_children(settings, tmp_path):
+    """Render's disk cannot be renamed: children are parked in .pre-<txn> and replaced."""
+    with tmpfs(tmp_path / "disk", "64m") as mount_dir:
         state.populate_data_dir(mount_dir)
         mounted = settings.with_overrides(data_base_dir=mount_dir)
         before = state.tree(mount_dir)
@@ -151,8 +160,6 @@ def test_data_dir_that_is_a_mount_point_swaps_children(settings, tmp_path):
         listing = subprocess.run(["tar", "--auto-compress", "-tf", str(archive)],
                                  capture_output=True, text=True, check=True).stdout
         assert ".pre-" not in listing
-    finally:
-        subprocess.run(["umount", "-l", str(mount_dir)], check=False)
 
 
 def test_crash_before_manifest_entry_leaves_nothing_visible(settings, monkeypatch):
@@ -197,14 +204,7 @@ def test_full_disk_during_snapshot_leaves_no_entry_and_no_folder(settings, tmp_p
     from rollback.errors import RollbackError
     from rollback.verify import verify_snapshot
 
-    small_disk = tmp_path / "small-disk"
-    small_disk.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small_disk)], check=True,
-                       capture_output=True)
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small-disk", "3m") as small_disk:
         on_small = settings.with_overrides(backup_dir=small_disk / "backup")
         first = create_snapshot(on_small)
         (settings.data_base_dir / "uploads" / "big.bin").write_bytes(os.urandom(4 << 20))
@@ -214,5 +214,3 @@ def test_full_disk_during_snapshot_leaves_no_entry_and_no_folder(settings, tmp_p
         assert sorted(p.name for p in on_small.backup_dir.iterdir() if p.is_dir()) == [first["id"]]
         assert verify_snapshot(on_small, first["id"])["ok"] is True
         assert "backup failed" in on_small.rollback_log.read_text()
-    finally:
-        subprocess.run(["umount", "-l", str(small_disk)], check=False)
