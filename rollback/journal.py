@@ -62,7 +62,13 @@ class Journal:
 
     def _write(self, doc: dict) -> None:
         doc["updated_at"] = utc_now_iso()
-        atomic_write_bytes(self.path(doc["txn"]), json.dumps(doc, indent=2).encode(), mode=0o600)
+        try:
+            atomic_write_bytes(self.path(doc["txn"]), json.dumps(doc, indent=2).encode(), mode=0o600)
+        except OSError as exc:
+            # ENOSPC, EROFS, EIO: a typed, one-line error. The previous version of the journal stays, so a
+            # resume after the cause is fixed continues from the last recorded event.
+            raise RollbackError(f"cannot write the journal of {doc['txn']} ({exc.strerror or exc}); "
+                                f"fix the cause, then: python -m manage.rollback resume {doc['txn']}") from None
 
     def update(self, txn: str, **fields) -> dict:
         doc = self.load(txn)

@@ -6,6 +6,8 @@ Two layers:
 - BACKUP_DIR/active.json, naming the transaction that owns the service between the steps of a
   restore canvas (each step is its own Celery task, possibly in another process). It is written
   and cleared only while holding the flock; a worker that starts reconciles it with the journal.
+  A record whose transaction the journal already calls finished is stale (its holder died between
+  writing `succeeded`/`failed` and removing the record) and does not hold the service.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LockHeld
-from .fsutil import atomic_write_bytes
-from .ids import utc_now_iso
+from .errors import LockHeld, RollbackError
+from .fsutil import atomic_write_bytes, fsync_dir
+from .ids import TXN_ID_RE, utc_now_iso
+from .journal import FINAL_STATES, Journal
 from .manifest import ensure_private_dir
 
 LOCK_NAME = ".lock"
@@ -77,20 +80,42 @@ class ServiceLock:
     # -- the owning transaction (call these only while holding the flock) ------------------
     def active(self) -> dict | None:
         try:
-            return json.loads(self.active_path.read_text())
+            record = json.loads(self.active_path.read_text())
         except FileNotFoundError:
             return None
         except ValueError:
             # A torn file cannot happen (atomic writes); treat anything unparsable as held.
             return {"kind": "restore", "txn": "unknown (active.json unreadable)"}
+        if not isinstance(record, dict):
+            return {"kind": "restore", "txn": "unknown (active.json unreadable)"}
+        if self._finished(record.get("txn")):
+            return None  # stale: the journal says the transaction ended (see the module docstring)
+        return record
+
+    def _finished(self, txn: object) -> bool:
+        """True when the journal of `txn` records a final state."""
+        if not isinstance(txn, str) or not TXN_ID_RE.fullmatch(txn):
+            return False
+        try:
+            doc = json.loads(Journal(self.backup_dir).path(txn).read_text())
+        except (OSError, ValueError):
+            return False  # no readable journal: keep the record (reconcile decides)
+        return isinstance(doc, dict) and doc.get("status") in FINAL_STATES
 
     def claim(self, record: dict) -> None:
         current = self.active()
         if current and current.get("txn") != record.get("txn"):
             raise LockHeld(f"refused: {describe_holder(current)}", current)
-        atomic_write_bytes(self.active_path, json.dumps(record).encode(), mode=0o600)
+        try:
+            atomic_write_bytes(self.active_path, json.dumps(record).encode(), mode=0o600)
+        except OSError as exc:
+            raise RollbackError(f"cannot write {self.active_path} ({exc.strerror or exc})") from None
 
     def release(self, txn: str) -> None:
-        current = self.active()
-        if current and current.get("txn") == txn:
+        try:
+            current = json.loads(self.active_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        if isinstance(current, dict) and current.get("txn") == txn:
             self.active_path.unlink()
+            fsync_dir(self.backup_dir)  # a power cut must not bring the claim back

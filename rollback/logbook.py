@@ -42,3 +42,31 @@ def append(log_path: Path, line: str) -> None:
 
 def rollback_event(log_path: Path, txn: str, step: str, status: str, **fields) -> None:
     append(log_path, format_event("ROLLBACK", id=txn, step=step, status=status, **fields))
+
+
+AUDIT_OUTCOMES = ("ok", "queued", "refused", "failed", "denied", "unauthorized", "throttled")
+
+
+def audit(log_path: Path, who: str, address: str, action: str, outcome: str, **details) -> str:
+    """One AUDIT line per privileged action: who did it, from where, what, and how it ended.
+
+    `who` is the operator (a console user, "api", or the OS user of a CLI run), `address` the client
+    address ("local" for a shell on this host). Secrets in any value are masked like every other line.
+    Returns the line written (without its timestamp).
+    """
+    line = format_event("AUDIT", who=who or "-", addr=address or "-", action=action, outcome=outcome, **details)
+    append(log_path, line)
+    return line
+
+
+def local_operator(env: dict | None = None) -> str:
+    """The OS user behind a CLI run, through sudo when there is one ("alice via sudo")."""
+    import getpass
+
+    env = os.environ if env is None else env
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    sudo = env.get("SUDO_USER")
+    return f"{sudo} via sudo" if sudo and sudo != user else user

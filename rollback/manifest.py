@@ -3,18 +3,29 @@
 The file is only ever replaced atomically (temp file, fsync, rename, fsync dir) under its own
 flock, so readers see the old or the new version, never a torn one. A manifest that does not
 parse is reported as ManifestCorrupt and is never rewritten (that would lose entries).
+
+Tampering, not only accidents: with MANIFEST_HMAC_KEY set (kept outside BACKUP_DIR: whoever can
+write BACKUP_DIR must not be able to re-sign), every write adds `"hmac": "sha256:<hex>"`, an
+HMAC-SHA256 over the canonical JSON of the format and the entries, and every read checks it. A
+missing or wrong HMAC is ManifestCorrupt, and the file is left untouched. A process learns the key
+from `Manifest(backup_dir, hmac_key=...)` or, for every Manifest of a BACKUP_DIR, from
+`bind(settings)` called once after loading the settings. Enabling the key on an existing, unsigned
+manifest: check it, then `python -m rollback.manifest sign`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import ManifestCorrupt, SnapshotNotFound
+from .errors import ConfigError, ManifestCorrupt, RollbackError, SnapshotNotFound
 from .fsutil import atomic_write_bytes
 from .ids import LATEST, SNAPSHOT_ID_RE, validate_snapshot_id
 
@@ -22,6 +33,46 @@ FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("id", "created_at", "notes", "app_revision", "alembic_revision", "artifacts", "ready_check")
 ARTIFACT_KEYS = ("file", "sha256", "size")
+HMAC_FIELD = "hmac"
+HMAC_PREFIX = "sha256:"
+MIN_HMAC_KEY = 16
+
+_keys: dict[str, bytes] = {}
+_keys_lock = threading.Lock()
+
+
+def _key_slot(backup_dir: Path) -> str:
+    return os.path.realpath(backup_dir)
+
+
+def bind(settings) -> None:
+    """Make every Manifest of settings.backup_dir in this process use settings.manifest_hmac_key."""
+    bind_key(settings.backup_dir, getattr(settings, "manifest_hmac_key", None))
+
+
+def bind_key(backup_dir: Path, key: str | bytes | None) -> None:
+    """Bind (or, with None, unbind) the HMAC key of one BACKUP_DIR for this process."""
+    slot = _key_slot(Path(backup_dir))
+    with _keys_lock:
+        if key is None:
+            _keys.pop(slot, None)
+        else:
+            _keys[slot] = _key_bytes(key)
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if len(raw) < MIN_HMAC_KEY:
+        raise ConfigError(f"MANIFEST_HMAC_KEY: must be at least {MIN_HMAC_KEY} bytes "
+                          f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+    return raw
+
+
+def manifest_mac(key: bytes, entries: list[dict]) -> str:
+    """HMAC-SHA256 over the canonical JSON of the manifest's content (not its layout)."""
+    canonical = json.dumps({"format": FORMAT, "snapshots": entries}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False).encode("utf-8")
+    return HMAC_PREFIX + hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -32,9 +83,14 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 class Manifest:
-    def __init__(self, backup_dir: Path):
+    def __init__(self, backup_dir: Path, hmac_key: str | bytes | None = None):
         self.backup_dir = Path(backup_dir)
         self.path = self.backup_dir / MANIFEST_NAME
+        if hmac_key is not None:
+            self.hmac_key: bytes | None = _key_bytes(hmac_key)
+        else:
+            with _keys_lock:
+                self.hmac_key = _keys.get(_key_slot(self.backup_dir))
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self) -> list[dict]:
@@ -43,7 +99,7 @@ class Manifest:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        return parse_manifest(raw, self.path)
+        return parse_manifest(raw, self.path, self.hmac_key)
 
     def get(self, snapshot_id: str) -> dict:
         validate_snapshot_id(snapshot_id)
@@ -76,11 +132,46 @@ class Manifest:
     def mutate(self, change: Callable[[list[dict]], list[dict]]) -> list[dict]:
         """Read-modify-write under the manifest lock; the write is atomic."""
         with self._locked():
+            if self.hmac_key is None:
+                self._refuse_unsigned_rewrite()
             entries = change(self.entries())
             for entry in entries:
                 validate_entry(entry)
-            body = json.dumps({"format": FORMAT, "snapshots": entries}, indent=2, ensure_ascii=False) + "\n"
+            self._write(entries)
+            return entries
+
+    def _write(self, entries: list[dict]) -> None:
+        doc: dict = {"format": FORMAT, "snapshots": entries}
+        if self.hmac_key is not None:
+            doc[HMAC_FIELD] = manifest_mac(self.hmac_key, entries)
+        body = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        try:
             atomic_write_bytes(self.path, body.encode("utf-8"), mode=0o600)
+        except OSError as exc:  # ENOSPC, EROFS, EIO ...: a one-line operator error; the old file stays
+            raise RollbackError(f"cannot write {self.path}: {exc.strerror or exc}; the previous version was "
+                                f"kept") from None
+
+    def _refuse_unsigned_rewrite(self) -> None:
+        """A process without the key must not silently drop the signature of a signed manifest."""
+        try:
+            doc = json.loads(self.path.read_bytes().decode("utf-8"))
+        except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+            return  # absent, or reported as corrupt by entries() just after
+        if isinstance(doc, dict) and HMAC_FIELD in doc:
+            raise ConfigError(f"{self.path} is signed (HMAC) but MANIFEST_HMAC_KEY is not set in this process; "
+                              f"refusing to rewrite it unsigned")
+
+    def sign(self) -> list[dict]:
+        """Add the HMAC to an unsigned manifest (after enabling MANIFEST_HMAC_KEY); entries are kept as they are."""
+        if self.hmac_key is None:
+            raise ConfigError("MANIFEST_HMAC_KEY: not set; nothing to sign with")
+        with self._locked():
+            try:
+                raw = self.path.read_bytes()
+            except FileNotFoundError:
+                raw = json.dumps({"format": FORMAT, "snapshots": []}).encode()
+            entries = parse_manifest(raw, self.path, None)
+            self._write(entries)
             return entries
 
     def add(self, entry: dict) -> None:
@@ -109,14 +200,21 @@ class Manifest:
         self.mutate(lambda entries: [e for e in entries if e["id"] not in snapshot_ids])
 
 
-def parse_manifest(raw: bytes, path: Path) -> list[dict]:
+def parse_manifest(raw: bytes, path: Path, hmac_key: bytes | None = None) -> list[dict]:
+    """The entries of a manifest file's bytes; ManifestCorrupt when it does not parse, validate or
+    (with a key) carry the right HMAC."""
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ManifestCorrupt(f"{path} is not valid JSON ({exc}); it was left untouched") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("snapshots"), list):
         raise ManifestCorrupt(f"{path}: expected {{'format': {FORMAT}, 'snapshots': [...]}}; it was left untouched")
+    if set(doc) - {"format", "snapshots", HMAC_FIELD}:
+        raise ManifestCorrupt(f"{path}: unexpected top-level keys {sorted(set(doc) - {'format', 'snapshots', HMAC_FIELD})}; "
+                              f"it was left untouched")
     entries = doc["snapshots"]
+    if hmac_key is not None:
+        _check_mac(doc, entries, hmac_key, path)
     for entry in entries:
         try:
             validate_entry(entry)
@@ -124,6 +222,21 @@ def parse_manifest(raw: bytes, path: Path) -> list[dict]:
             raise ManifestCorrupt(f"{path}: {exc}; it was left untouched") from None
     # Order is creation order (appends happen under the service lock); ids only sort to the second.
     return entries
+
+
+def _check_mac(doc: dict, entries: list, key: bytes, path: Path) -> None:
+    recorded = doc.get(HMAC_FIELD)
+    if recorded is None:
+        raise ManifestCorrupt(f"{path} carries no HMAC but MANIFEST_HMAC_KEY is set: it was written without the key "
+                              f"or the HMAC was removed; it was left untouched (after checking it, sign it with "
+                              f"`python -m rollback.manifest sign`)")
+    try:
+        expected = manifest_mac(key, entries)
+    except (TypeError, ValueError):
+        expected = ""
+    if not isinstance(recorded, str) or not hmac.compare_digest(recorded.encode(), expected.encode()):
+        raise ManifestCorrupt(f"{path}: HMAC mismatch: the manifest was changed outside this tool, or "
+                              f"MANIFEST_HMAC_KEY differs from the key that wrote it; it was left untouched")
 
 
 def validate_entry(entry: object) -> None:
@@ -147,3 +260,31 @@ def validate_entry(entry: object) -> None:
             raise ManifestCorrupt(f"entry {entry['id']}: artifact {name} has an invalid size")
         if not isinstance(art["sha256"], str) or len(art["sha256"]) != 64:
             raise ManifestCorrupt(f"entry {entry['id']}: artifact {name} has an invalid sha256")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rollback.manifest check|sign`: verify the HMAC, or sign an unsigned manifest."""
+    import sys
+
+    from .errors import RollbackError
+    from .settings import Settings
+
+    args = sys.argv[1:] if argv is None else argv
+    if args not in (["check"], ["sign"]):
+        print("usage: python -m rollback.manifest check|sign", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env()
+        bind(settings)
+        manifest = Manifest(settings.backup_dir)
+        entries = manifest.sign() if args == ["sign"] else manifest.entries()
+    except RollbackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    signed = "signed" if manifest.hmac_key else "not signed (MANIFEST_HMAC_KEY unset)"
+    print(f"{manifest.path}: {len(entries)} snapshot(s), {signed}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
