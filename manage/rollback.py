@@ -14,6 +14,7 @@ import time
 from typing import Sequence
 
 from rollback import logbook
+from rollback import manifest as manifest_mod
 from rollback.errors import ConfigError, RollbackError
 from rollback.ids import validate_snapshot_id, validate_txn_id
 from rollback.journal import RESTORE_STEPS, Journal
@@ -187,13 +188,17 @@ def cmd_resume(settings: Settings, args, out: Printer) -> int:
     from rollback import restore as core
 
     txn = validate_txn_id(args.txn)
+    if not args.local:
+        _require_worker()  # before claiming: with no worker the txn must stay as it was
     doc = core.resume(settings, txn)
+    if doc["status"] == "succeeded":  # every step had finished; only the final record was missing
+        out.line(f"{txn}: every step was already done; recorded as succeeded")
+        return _report_restore(core.restore_summary(doc), args)
     out.line(f"resuming {txn} (attempt {doc['attempt']})")
     if args.local:
         return _finish_local(settings, txn, args, out)
     from tasks.restore import send_canvas
 
-    _require_worker()
     steps = [s for s in RESTORE_STEPS if doc["steps"][s]["status"] != "ok"]
     result = send_canvas(settings, txn, doc["attempt"], steps)
     return _follow_restore(settings, txn, result, args, out)
@@ -321,7 +326,37 @@ def _follow_restore(settings: Settings, txn: str, result, args, out: Printer) ->
         _follow(list(zip(steps, results)), out)
     except RollbackError:
         pass  # the journal below has the whole story
+    except Exception as exc:  # the result backend went away (Redis restarted ...); the journal has not
+        out.line(f"  lost the Celery result backend ({type(exc).__name__}: {logbook.mask_secrets(str(exc))}); "
+                 f"following the journal instead")
+        _follow_journal(settings, txn, out)
     return _report_restore(restore_summary(Journal(settings.backup_dir).load(txn)), args)
+
+
+JOURNAL_STALL_SEC = 600.0
+
+
+def _follow_journal(settings: Settings, txn: str, out: Printer, poll: float = 0.5) -> None:
+    """Wait until the journal of `txn` is final, printing each step as it ends."""
+    from rollback.journal import FINAL_STATES
+
+    journal, shown, last_change, last_seen = Journal(settings.backup_dir), {}, time.monotonic(), None
+    while True:
+        doc = journal.load(txn)
+        if doc.get("updated_at") != last_seen:
+            last_seen, last_change = doc.get("updated_at"), time.monotonic()
+        for step in RESTORE_STEPS:
+            status = doc["steps"][step]["status"]
+            if status != "pending" and shown.get(step) != status:
+                shown[step] = status
+                out.line(f"  [{step:<9}] {status}")
+        if doc["status"] in FINAL_STATES:
+            return
+        if time.monotonic() - last_change > JOURNAL_STALL_SEC:
+            out.line(f"  no progress recorded for {JOURNAL_STALL_SEC:.0f} s; is a worker running? "
+                     f"(python -m manage.rollback status {txn})")
+            return
+        time.sleep(poll)
 
 
 def _report_restore(summary: dict, args) -> int:
@@ -402,21 +437,55 @@ def _say(text: str) -> int:
     return EXIT_OK
 
 
+PRIVILEGED = ("snapshot", "restore", "resume", "prune", "standby", "canary")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Printer()
+    settings = None
+    code, error = EXIT_FAILED, None
     try:
         settings = Settings.from_env()
-        return COMMANDS[args.command](settings, args, out)
+        manifest_mod.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
+        code = COMMANDS[args.command](settings, args, out)
+        return code
     except ConfigError as exc:
+        code, error = EXIT_BAD_INPUT, exc
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return code
     except RollbackError as exc:
+        code, error = exc.exit_code, exc
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return code
     except KeyboardInterrupt:
+        error = "interrupted"
         print("interrupted; a restore sent to the worker keeps running (see `status`)", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if settings is not None and args.command in PRIVILEGED:
+            _audit(settings, args, code, error)
+
+
+def _audit(settings: Settings, args, code: int, error) -> None:
+    """One AUDIT line per privileged CLI action: the OS user, "local", what, how it ended."""
+    from rollback.errors import LockHeld
+
+    outcome = "ok" if code == EXIT_OK else ("refused" if isinstance(error, LockHeld) or code == EXIT_BAD_INPUT
+                                            else "failed")
+    details = {"exit": str(code)}
+    for name in ("snapshot", "txn", "deploy_id"):
+        value = getattr(args, name, None)
+        if value:
+            details[name] = str(value)
+    if getattr(args, "local", False):
+        details["mode"] = "local"
+    if error is not None:
+        details["error"] = str(error)[:300]
+    try:
+        logbook.audit(settings.rollback_log, logbook.local_operator(), "local", args.command, outcome, **details)
+    except OSError as exc:  # the audit must not turn a done action into a failure; say it on stderr
+        print(f"warning: could not write the audit line to {settings.rollback_log}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -441,6 +441,9 @@ def _symlink_problem(base: tuple[str, ...], target: str, symlinks: dict) -> str 
     return None
 
 
+MAX_DEPTH = 256  # folders; deeper trees break recursive tools (Python's os.walk, rmtree) and no app needs them
+
+
 class _MemberPolicy:
     """Stateful checks applied to every member, in archive order, before anything is written."""
 
@@ -469,6 +472,13 @@ class _MemberPolicy:
         parts = _parts(name)
         if not parts and kind != _DIR:
             raise _unsafe(name, "the archive root must be a directory")
+        if len(parts) > MAX_DEPTH:
+            raise _unsafe(name, f"nested more than {MAX_DEPTH} folders deep")
+        if member.mode & stat.S_ISUID or (member.mode & stat.S_ISGID and kind != _DIR):
+            # A restore runs as the service user, often root: a data directory has no use for set-id
+            # programs, and restoring one would plant it. (A setgid directory only sets the group of
+            # new files in it and is kept.)
+            raise _unsafe(name, f"set-user/group-ID mode {oct(member.mode & 0o7777)} on a {kind}")
         self._check_parents(name, parts)
         self._check_duplicate(name, parts, kind)
         if kind == _SYMLINK:
@@ -530,12 +540,14 @@ class _MemberPolicy:
 
 
 def scan_archive(
-    path: Path, *, max_bytes: int, max_members: int = 1_000_000, max_name_len: int = 4096
+    path: Path, *, max_bytes: int, max_members: int = 1_000_000, max_name_len: int = 4096,
+    expected_sha256: str | None = None,
 ) -> ScanReport:
-    """Read the whole archive and check every member; raise UnsafeArchive or IntegrityError."""
+    """Read the whole archive and check every member (and, when given, the SHA-256 of its bytes, in
+    the same pass); raise UnsafeArchive or IntegrityError."""
     policy = _MemberPolicy(max_bytes=max_bytes, max_members=max_members, max_name_len=max_name_len)
     with open(path, "rb") as raw:
-        return _scan(raw, Path(path).name, policy)
+        return _scan(raw, Path(path).name, policy, expected_sha256)
 
 
 def _scan(raw: BinaryIO, label: str, policy: _MemberPolicy, expected_sha256: str | None = None) -> ScanReport:
@@ -769,14 +781,29 @@ def _mtime_ns(member: tarfile.TarInfo) -> int | None:
 
 
 def remove_tree(root: Path) -> None:
-    """Delete a partial extraction, first making directories writable (archived modes may forbid it)."""
+    """Delete a partial extraction, first making directories writable (archived modes may forbid it).
+    Iterative (no os.walk / shutil.rmtree, which recurse): depth is not bounded by Python's stack."""
+    root = Path(root)
     try:
-        os.chmod(root, 0o700)
+        st = os.lstat(root)
     except FileNotFoundError:
         return
-    for dirpath, dirnames, _files in os.walk(root):
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o700)
-    shutil.rmtree(root)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(root)
+        return
+    os.chmod(root, 0o700)
+    stack = [str(root)]
+    while stack:
+        folder = stack[-1]
+        pushed = False
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    os.chmod(entry.path, 0o700)
+                    stack.append(entry.path)
+                    pushed = True
+                    break  # descend first; come back to this folder when the child is gone
+                os.unlink(entry.path)
+        if not pushed:
+            os.rmdir(folder)
+            stack.pop()

@@ -94,3 +94,9 @@ class CommandFailed(RollbackError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+class StepInterrupted(StepFailed):
+    """A step stopped half-way and could not put things back (e.g. Postgres went away during the
+    undo). The transaction stays open and owns the service, so nothing else runs on the half-done
+    state; `resume` (or the worker's reconcile at start) redoes the step from its saved copy."""

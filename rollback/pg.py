@@ -108,6 +108,26 @@ def rename_database(conn: psycopg.Connection, source: str, dest: str) -> None:
     _with_sessions_ended(conn, source, stmt)
 
 
+def swap_database_names(conn: psycopg.Connection, live: str, new: str, pre: str, attempts: int = 10) -> None:
+    """live -> pre and new -> live in ONE transaction: a crash leaves either both renames or neither,
+    so there is always a database under the live name. Sessions of both are ended first (a rename
+    needs none); one that reconnects in between makes the transaction fail and it is retried."""
+    first = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(live), sql.Identifier(pre))
+    second = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(new), sql.Identifier(live))
+    for attempt in range(attempts):
+        terminate_sessions(conn, live)
+        terminate_sessions(conn, new)
+        try:
+            with conn.transaction():
+                conn.execute(first)
+                conn.execute(second)
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == attempts - 1:
+                raise RollbackError(f"database {live} or {new} stays in use by other sessions") from None
+            time.sleep(0.2 * (attempt + 1))
+
+
 def create_empty_database(conn: psycopg.Connection, name: str, like: str) -> None:
     """A fresh database from template0 with the owner, encoding and locale of `like`."""
     row = conn.execute(

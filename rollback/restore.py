@@ -12,7 +12,7 @@ import shutil
 from typing import Callable
 
 from . import logbook, migrations_info
-from .errors import LockHeld, PreflightFailed, RollbackError, StepFailed
+from .errors import LockHeld, PreflightFailed, RollbackError, StepFailed, StepInterrupted
 from .ids import new_txn_id, validate_txn_id
 from .journal import FINAL_STATES, RESTORE_STEPS, Journal, step_summary
 from .lock import ServiceLock, describe_holder
@@ -64,15 +64,16 @@ def begin_restore(settings: Settings, snapshot_ref: str, reason: str, auto: bool
 def preflight(ctx: StepContext) -> str:
     """Every check that can fail before anything is changed."""
     settings, snap = ctx.settings, ctx.snapshot
-    checks = verify_artifacts(settings, snap, progress=lambda d, t, m: ctx.progress(d, t * 2, m))
+    standby_note = _choose_standby(ctx)
+    cold = not standby_note.startswith("warm standby")
+    checks = verify_artifacts(settings, snap, progress=lambda d, t, m: ctx.progress(d, t * 2, m), scan_data=cold)
     wanted = snap.get("alembic_revision")
     if not migrations_info.is_known_revision(settings, wanted):
         raise PreflightFailed(f"the snapshot's Alembic revision {wanted} is unknown to the deployed code "
                               f"({settings.alembic_config}); refusing to restore a schema it cannot manage")
     if snap.get("app_revision"):
         code_step.strategy_for(settings).check_available(snap["app_revision"])
-    standby_note = _choose_standby(ctx)
-    if not standby_note.startswith("warm standby"):
+    if cold:
         _check_room(settings, snap)  # the standby tree is already on disk: nothing more to stage
     ctx.progress(1, 1, "preflight passed")
     return "; ".join(checks + ["alembic revision known", "code revision available", "disk space ok", standby_note])
@@ -130,6 +131,11 @@ def run_step(settings: Settings, txn: str, step: str, attempt: int | None = None
             detail = STEP_FUNCTIONS[step](ctx)
         except BaseException as exc:  # record every failure, even an interrupt, then re-raise
             message = _failure_message(step, exc)
+            if isinstance(exc, StepInterrupted):  # keep the service claimed: the state is half-done
+                journal.step_finished(txn, step, "interrupted", error=message)
+                journal.update(txn, error=message)
+                logbook.rollback_event(settings.rollback_log, txn, step, "interrupted", error=message)
+                raise
             if isinstance(exc, Exception):
                 journal.step_finished(txn, step, "failed", error=message)
                 journal.finish(txn, "failed", error=message)
@@ -172,6 +178,20 @@ def _failure_message(step: str, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _finish_complete(settings: Settings, lock: ServiceLock, journal: Journal, doc: dict) -> dict:
+    """Close a txn whose every step is ok but whose final write never happened (its process died
+    between them). Call with the service flock held."""
+    doc = journal.finish(doc["txn"], "succeeded")
+    lock.release(doc["txn"])
+    logbook.rollback_event(settings.rollback_log, doc["txn"], "restore", "ok",
+                           note="every step was already done; finished after an interruption")
+    return doc
+
+
+def _all_steps_ok(doc: dict) -> bool:
+    return all(doc["steps"][s]["status"] == "ok" for s in RESTORE_STEPS)
+
+
 def run_restore_local(settings: Settings, snapshot_ref: str, reason: str, auto: bool = False,
                       requested_by: str = "cli --local", progress: StepProgress = _quiet) -> dict:
     """Admit and run a whole restore in this process (no broker); returns the journal."""
@@ -184,7 +204,14 @@ def run_remaining(settings: Settings, txn: str, progress: StepProgress = _quiet)
     attempt = journal.load(txn).get("attempt", 1)
     for step in RESTORE_STEPS:
         run_step(settings, txn, step, attempt, progress)
-    return journal.load(txn)
+    doc = journal.load(txn)
+    if doc["status"] not in FINAL_STATES and _all_steps_ok(doc):
+        lock = ServiceLock(settings.backup_dir)
+        with lock.held({"kind": "restore", "txn": txn, "step": "finish"}, wait_sec=STEP_LOCK_WAIT_SEC):
+            doc = journal.load(txn)
+            if doc["status"] not in FINAL_STATES and _all_steps_ok(doc):
+                doc = _finish_complete(settings, lock, journal, doc)
+    return doc
 
 
 def restore_summary(doc: dict) -> dict:
@@ -218,6 +245,9 @@ def reconcile(settings: Settings) -> dict | None:
                 lock.release(txn)
                 return {"action": "released", "txn": txn}
             remaining = [s for s in RESTORE_STEPS if doc["steps"][s]["status"] != "ok"]
+            if not remaining:
+                _finish_complete(settings, lock, journal, doc)
+                return {"action": "finished", "txn": txn}
             attempt = doc.get("attempt", 1) + 1
             if attempt > MAX_ATTEMPTS:
                 message = f"interrupted {attempt - 1} times; stopped (resume by hand: python -m manage.rollback resume {txn})"
@@ -246,6 +276,9 @@ def resume(settings: Settings, txn: str) -> dict:
         active = lock.active()
         if active and active.get("txn") != txn:
             raise LockHeld(f"refused: {describe_holder(active)}", active)
+        if _all_steps_ok(doc):
+            lock.claim({"kind": "restore", "txn": txn, "snapshot_id": doc["snapshot_id"]})
+            return _finish_complete(settings, lock, journal, doc)
         for step in RESTORE_STEPS:
             if doc["steps"][step]["status"] not in ("ok", "pending"):
                 doc["steps"][step]["status"] = "pending"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .archive import scan_archive
 from .errors import IntegrityError, RollbackError
 from .fsutil import sha256_file
 from .ids import utc_now_iso
@@ -19,8 +20,13 @@ def _noop(done: int, total: int, message: str) -> None:
     return None
 
 
-def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress = _noop) -> list[str]:
-    """Raise IntegrityError on the first mismatch; return one line per check that passed."""
+def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress = _noop,
+                     scan_data: bool = False) -> list[str]:
+    """Raise IntegrityError on the first mismatch; return one line per check that passed.
+
+    scan_data: also read the data archive through the member policy, capped at the recorded
+    tar_bytes, in the same pass as its SHA-256 (the restore's cold path: a size the manifest
+    understates must stop the restore here, before the db step changes anything)."""
     folder = settings.backup_dir / entry["id"]
     if not folder.is_dir():
         raise IntegrityError(f"snapshot folder {folder} is missing")
@@ -30,6 +36,19 @@ def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress =
     for name, art in sorted(entry["artifacts"].items()):
         path = folder / art["file"]
         _check_size(path, name, art["size"])
+        if scan_data and name == "data":
+            progress(done_before, total, f"sha256 and member scan of {art['file']}")
+            try:
+                report = scan_archive(path, max_bytes=art.get("tar_bytes") or art["size"] * 1000,
+                                      expected_sha256=art["sha256"])
+            except IntegrityError:
+                raise
+            except RollbackError as exc:
+                raise IntegrityError(f"data artifact {path.name}: {exc}") from None
+            passed.append(f"data: {path.name} {art['size']} bytes, sha256 ok, {report.members} members "
+                          f"({report.total_bytes} bytes) within the recorded size")
+            done_before += art["size"]
+            continue
         digest, size = sha256_file(path, progress=lambda n, base=done_before: progress(
             base + n, total, f"sha256 of {art['file']}: {(base + n) * 100 // total}%"))
         if size != art["size"] or digest != art["sha256"]:

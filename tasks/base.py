@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+from rollback import manifest
 from rollback.settings import Settings
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _settings: Settings | None = None
 
@@ -17,6 +20,7 @@ def get_settings() -> Settings:
     with _lock:
         if _settings is None:
             _settings = Settings.from_env()
+            manifest.bind(_settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
         return _settings
 
 
@@ -24,6 +28,8 @@ def use_settings(settings: Settings | None) -> None:
     global _settings
     with _lock:
         _settings = settings
+        if settings is not None:
+            manifest.bind(settings)
 
 
 class StateReporter:
@@ -42,4 +48,7 @@ class StateReporter:
         if self.task.request.id is None:  # called eagerly/outside a worker
             return
         meta = {"txn": self.txn, "step": step, "done": done, "total": total, "message": message}
-        self.task.update_state(state="PROGRESS", meta=meta)
+        try:
+            self.task.update_state(state="PROGRESS", meta=meta)
+        except Exception as exc:  # progress is for display; a result-backend blip must not fail the step
+            log.warning("progress of %s not published (%s: %s)", step, type(exc).__name__, exc)

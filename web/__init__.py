@@ -11,6 +11,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from rollback import manifest as manifest_mod
 from rollback.errors import RollbackError
 from rollback.settings import Settings
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, config: WebConfig | None = None
     An invalid variable raises ConfigError, one line naming it, before anything is served."""
     app = Flask(__name__)
     settings = settings or Settings.from_env()
+    manifest_mod.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
     config = config or WebConfig.from_env(os.environ)
     ctx = WebContext(settings, config, SharedStore(settings.celery_broker_url, str(settings.backup_dir)))
     app.extensions["rollback_web"] = ctx

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from .. import render
 from ..errors import RollbackError
+from ..fsutil import syncfs
 from ..proc import output, run
 from ..settings import Settings
 from .context import StepContext
@@ -48,8 +49,12 @@ class GitStrategy:
             raise RollbackError(f"revision {revision} is not in the git repository {self.repo}") from None
 
     def restore(self, ctx: StepContext, revision: str) -> str:
+        # First: a git command killed in an earlier attempt leaves index.lock, on which `stash create`
+        # and `reset` would fail forever (and which would break the next deploy's git).
+        self._clear_stale_index_lock(ctx)
         head, dirty = self.current_revision()
         if head == revision and not dirty:
+            syncfs(self.repo)  # an earlier attempt may have reset the tree and died before syncing it
             return f"already at {revision[:12]}"
         tag = ctx.txn.removeprefix("txn-")
         if not ctx.marks().get("code_pre_ref"):
@@ -61,14 +66,13 @@ class GitStrategy:
                 self._git("update-ref", f"refs/rollback/stash-{tag}", stash)
                 ctx.mark("code_stash_ref", f"refs/rollback/stash-{tag}")
         ctx.progress(1, 2, f"git reset --hard {revision[:12]}")
-        self._clear_stale_index_lock(ctx)
         self._git("reset", "--hard", "--quiet", revision)
+        syncfs(self.repo)  # the journal will say "code ok": the working tree must be on disk first
         now, _ = self.current_revision()
         if now != revision:
             raise RollbackError(f"HEAD is {now[:12]} after reset, expected {revision[:12]}")
         saved = f"; uncommitted changes kept in refs/rollback/stash-{tag}" if dirty else ""
         return f"{head[:12]} -> {revision[:12]} (previous kept as refs/rollback/pre-{tag}{saved})"
-
 
     def _clear_stale_index_lock(self, ctx: StepContext) -> None:
         """A worker killed during `git reset` leaves .git/index.lock; a re-run of this step (we hold the

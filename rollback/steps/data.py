@@ -1,7 +1,9 @@
 """Data directory: verified extraction into a staging folder, then a swap that keeps the old tree.
 
-Normal case: DATA_BASE_DIR is renamed to `<DATA_BASE_DIR>.pre-<txn>` and the staging folder (a
-sibling, same filesystem) is renamed into its place. When DATA_BASE_DIR is a mount point (Render's
+Normal case: the staging folder (a sibling, same filesystem) and DATA_BASE_DIR exchange names in one
+atomic renameat2(RENAME_EXCHANGE), so a crash leaves either tree under the live name, never none;
+the old tree, now under the staging name, is then renamed to `<DATA_BASE_DIR>.pre-<txn>`. Where the
+filesystem cannot exchange, the two plain renames are used (live -> pre, staging -> live). When DATA_BASE_DIR is a mount point (Render's
 disk), the folder itself cannot move: its children are parked in `DATA_BASE_DIR/.pre-<txn>` and the
 staged children moved in. Every phase is marked in the journal so an interrupted swap resumes.
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from ..archive import extract_archive, remove_tree
 from ..errors import RollbackError
-from ..fsutil import fsync_dir
+from ..fsutil import exchange_paths, fsync_dir
 from .context import StepContext
 
 RESERVED_PREFIXES = (".pre-", ".rollback-stage-", ".rollback-standby")
@@ -55,7 +57,7 @@ def restore_data(ctx: StepContext, mounted: bool | None = None) -> str:
             fsync_dir(data_dir)
     elif phase == "extracted":
         ctx.progress(2, 3, f"swapping: live tree kept as {pre}")
-        _swap_folders(data_dir, staging, pre)
+        _swap_folders(ctx, data_dir, staging, pre)
     ctx.mark("data_phase", "swapped")
     ctx.progress(3, 3, "data directory restored")
     source = "from the warm standby" if ctx.marks().get("data_source") == "standby" else "extracted"
@@ -92,17 +94,38 @@ def _extract(ctx: StepContext, staging: Path) -> None:
                     max_bytes=art.get("tar_bytes", 0) or art["size"] * 1000, progress=report)
 
 
-def _swap_folders(live: Path, staging: Path, pre: Path) -> None:
-    """live -> pre, staging -> live, each rename followed by an fsync of the parent; resumable."""
-    if not staging.exists() and live.exists() and pre.exists():
-        return  # both renames already happened
-    if live.exists() and not pre.exists():
-        os.rename(live, pre)
-        fsync_dir(live.parent)
-    if live.exists():
-        raise RollbackError(f"cannot swap: both {live} and {pre} exist and {staging} is not in place")
-    os.rename(staging, live)
-    fsync_dir(live.parent)
+def _swap_folders(ctx: StepContext, live: Path, staging: Path, pre: Path) -> None:
+    """Put staging in place of live, keeping live as pre; resumable at every point.
+
+    The staging tree's inode is recorded before the exchange, so a re-run can tell whether the
+    exchange happened (live is then that inode, and the staging name holds the old tree)."""
+    parent = live.parent
+    if not live.exists():
+        if staging.exists():  # nothing to keep (first restore), or killed between two plain renames
+            os.rename(staging, live)
+            fsync_dir(parent)
+        return
+    staged_ino = ctx.marks().get("data_staged_ino")
+    if staged_ino is None or (staging.exists() and staging.stat().st_ino == staged_ino):
+        if not staging.exists():
+            if pre.exists():
+                return  # both plain renames happened (journal of a run without the exchange)
+            raise RollbackError(f"cannot swap: {staging} is missing")
+        if pre.exists():
+            raise RollbackError(f"cannot swap: {pre} exists already; nothing was renamed")
+        ctx.mark("data_staged_ino", staged_ino := staging.stat().st_ino)
+        if not exchange_paths(staging, live):
+            os.rename(live, pre)
+            fsync_dir(parent)
+            os.rename(staging, live)
+            fsync_dir(parent)
+            return
+        fsync_dir(parent)
+    if live.stat().st_ino != staged_ino:
+        raise RollbackError(f"cannot swap: {live} is neither the old nor the restored tree")
+    if staging.exists():  # after the exchange it holds the previous tree
+        os.rename(staging, pre)
+        fsync_dir(parent)
 
 
 def _move_children(source: Path, dest: Path, skip_reserved: bool) -> None:

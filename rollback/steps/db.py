@@ -14,12 +14,13 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from psycopg import sql
 
 from .. import logbook, migrations_info, pg
-from ..errors import CommandFailed, RollbackError, StepFailed
+from ..errors import CommandFailed, RollbackError, StepFailed, StepInterrupted
 from ..fsutil import HashingWriter
 from ..proc import child_env, run
 from .context import StepContext
@@ -168,18 +169,21 @@ def _restore_into_new(ctx: StepContext, new: str, wanted: str | None) -> None:
 
 
 def _swap_databases(ctx: StepContext, live: str, new: str, pre: str) -> None:
-    """live -> pre, new -> live; resumable after a crash between the two renames."""
+    """live -> pre and new -> live in one transaction (pg.swap_database_names); resumable."""
     with pg.connect_maintenance(ctx.settings.database) as conn:
         try:
-            if pg.database_exists(conn, live) and not pg.database_exists(conn, pre):
-                pg.rename_database(conn, live, pre)
+            if pg.database_exists(conn, new):
+                if pg.database_exists(conn, live) and not pg.database_exists(conn, pre):
+                    pg.swap_database_names(conn, live, new, pre)
+                elif not pg.database_exists(conn, live):
+                    pg.rename_database(conn, new, live)  # a journal written by a version with two renames
+                else:
+                    raise RollbackError(f"{live}, {new} and {pre} all exist; resolve by hand (nothing was renamed)")
             if not pg.database_exists(conn, live):
-                pg.rename_database(conn, new, live)
+                raise RollbackError(f"neither {live} nor {new} exists")
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(live)))
         except RollbackError as exc:
-            if not pg.database_exists(conn, live) and pg.database_exists(conn, pre):
-                pg.rename_database(conn, pre, live)  # undo the first rename
-            raise StepFailed("db", f"swap failed: {exc}; the live database was put back") from None
+            raise StepFailed("db", f"swap failed: {exc}; the live database was left as it was") from None
 
 
 def _drop_quietly(ctx: StepContext, name: str) -> None:
@@ -239,15 +243,26 @@ def _ensure_pre_copy(ctx: StepContext, pre: str) -> None:
     ctx.mark("db_pre_copy", pre)
 
 
+UNDO_RETRY_SEC = 60.0  # how long the undo waits for an unreachable server (a restart takes seconds)
+
+
 def _undo_from_pre_copy(ctx: StepContext, pre: str) -> None:
     live = ctx.settings.database.dbname
-    try:
-        with pg.connect_maintenance(ctx.settings.database) as conn:
-            pg.drop_database(conn, live)
-            pg.copy_database(conn, pre, live)
-    except RollbackError as exc:
-        logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "undo_failed", error=str(exc), pre=pre)
-        raise StepFailed("db", f"the step failed and putting back {pre} failed too: {exc}") from None
+    deadline = time.monotonic() + UNDO_RETRY_SEC
+    while True:
+        try:
+            with pg.connect_maintenance(ctx.settings.database) as conn:
+                pg.drop_database(conn, live)
+                pg.copy_database(conn, pre, live)
+            return
+        except RollbackError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "undo_failed", error=str(exc), pre=pre)
+            raise StepInterrupted("db", f"the step failed and putting back {pre} failed too ({exc}); the "
+                                        f"restore stays open: once the database server is back, run "
+                                        f"`python -m manage.rollback resume {ctx.txn}` (it starts from {pre})") from None
 
 
 def _downgrade(ctx: StepContext, wanted: str | None) -> str | None:
