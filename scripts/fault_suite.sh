@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The fault-injection and abuse suite of issue 5, and the table of docs/reliability.md, from one command.
+#
+#   scripts/fault_suite.sh            full counts (FAULT_RUNS=full: 20 kills per step and mode, 300 mutations
+#                                     per artifact, ~700 hostile archives, 20 rounds of 10 requests, ...)
+#   scripts/fault_suite.sh --short    the counts CI runs inside `python -m pytest -q`
+#   scripts/fault_suite.sh -- -k kill extra pytest arguments after `--`
+#
+# It stops and restarts the shared Postgres and Redis a few times (always bringing them back), so run it
+# when no one else's tests depend on them. Exit status: pytest's.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+runs="full"
+if [[ "${1:-}" == "--short" ]]; then runs=""; shift; fi
+if [[ "${1:-}" == "--" ]]; then shift; fi
+
+report="$(mktemp)"
+output="$(mktemp)"
+trap 'rm -f "$report" "$output"' EXIT
+
+command="scripts/fault_suite.sh"
+[[ -z "$runs" ]] && command+=" --short"
+[[ $# -gt 0 ]] && command+=" -- $*"
+
+FAULT_RUNS="$runs" FAULT_REPORT="$report" python -m pytest -q -p no:randomly tests/faults tests/security "$@" \
+  2>&1 | tee "$output"
+status=${PIPESTATUS[0]}
+
+summary="$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$output" | tail -1 | sed -E 's/^=+ //; s/ =+$//')"
+python -m tests.faults.report "$report" docs/reliability.md --command "$command" --summary "$summary" || status=1
+exit "$status"
