@@ -41,10 +41,14 @@ def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress =
             try:
                 report = scan_archive(path, max_bytes=art.get("tar_bytes") or art["size"] * 1000,
                                       expected_sha256=art["sha256"])
-            except IntegrityError:
-                raise
             except RollbackError as exc:
-                raise IntegrityError(f"data artifact {path.name}: {exc}") from None
+                # Say the most useful thing: bytes that differ from the snapshot's are a SHA-256 mismatch,
+                # whatever the decompressor noticed first (a second read, on the failure path only).
+                digest, _ = sha256_file(path)
+                if digest != art["sha256"]:
+                    raise IntegrityError(f"data artifact {path.name}: SHA-256 mismatch (recorded "
+                                         f"{art['sha256'][:12]}…, found {digest[:12]}…)") from None
+                raise exc if isinstance(exc, IntegrityError) else IntegrityError(f"data artifact {path.name}: {exc}") from None
             passed.append(f"data: {path.name} {art['size']} bytes, sha256 ok, {report.members} members "
                           f"({report.total_bytes} bytes) within the recorded size")
             done_before += art["size"]

@@ -26,17 +26,7 @@ from tests import state
 from tests.conftest import ROOT
 from tests.faults import figures as figures_mod
 
-MARKERS = (
-    "faults: fault-injection cases of issue 5 (tests/faults); FAULT_RUNS=full runs the full counts",
-    "security: abuse and secrecy cases of issue 5 (tests/security)",
-)
-
-
-def pytest_configure(config):
-    for line in MARKERS:
-        config.addinivalue_line("markers", line)
-
-
+# The markers `faults` and `security` are registered in pytest.ini.
 SUITE_DIRS = {"faults": pytest.mark.faults, "security": pytest.mark.security}
 
 
