@@ -550,6 +550,29 @@ def scan_archive(
         return _scan(raw, Path(path).name, policy, expected_sha256)
 
 
+def measure_archive(path: Path, *, expected_sha256: str) -> int:
+    """SHA-256 of the archive's bytes and the size of its decompressed tar stream, in one pass and
+    without parsing members (the restore's preflight compares it with the recorded tar_bytes; the
+    member policy runs again on extraction). Raises IntegrityError."""
+    label = Path(path).name
+    with open(path, "rb") as raw:
+        codec = detect_codec(raw, label)
+        hashing = _HashingReader(raw)
+        decoded = 0
+        try:
+            stream = _decompressor(codec, hashing)
+            while chunk := stream.read(CHUNK):
+                decoded += len(chunk)
+        except (EOFError, zlib.error, OSError, ValueError, _ZstdError) as exc:
+            raise IntegrityError(f"{label}: corrupt archive: {exc}") from exc
+        while hashing.read(CHUNK):  # bytes after the compressed stream still count for the hash
+            pass
+    if hashing.sha256 != expected_sha256.lower():
+        raise IntegrityError(f"{label}: sha256 {hashing.sha256[:16]}... does not match the expected "
+                             f"{expected_sha256[:16]}...")
+    return decoded
+
+
 def _scan(raw: BinaryIO, label: str, policy: _MemberPolicy, expected_sha256: str | None = None) -> ScanReport:
     stream = _ArchiveStream(raw, label)
     root = None

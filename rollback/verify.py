@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .archive import scan_archive
+from .archive import measure_archive
 from .errors import IntegrityError, RollbackError
 from .fsutil import sha256_file
 from .ids import utc_now_iso
@@ -24,9 +24,9 @@ def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress =
                      scan_data: bool = False) -> list[str]:
     """Raise IntegrityError on the first mismatch; return one line per check that passed.
 
-    scan_data: also read the data archive through the member policy, capped at the recorded
-    tar_bytes, in the same pass as its SHA-256 (the restore's cold path: a size the manifest
-    understates must stop the restore here, before the db step changes anything)."""
+    scan_data: also decompress the data archive, in the same pass as its SHA-256, and compare its
+    size with the recorded tar_bytes (the restore's cold path: a size the manifest gets wrong must
+    stop the restore here, before the db step changes anything; the extraction caps at it)."""
     folder = settings.backup_dir / entry["id"]
     if not folder.is_dir():
         raise IntegrityError(f"snapshot folder {folder} is missing")
@@ -37,10 +37,9 @@ def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress =
         path = folder / art["file"]
         _check_size(path, name, art["size"])
         if scan_data and name == "data":
-            progress(done_before, total, f"sha256 and member scan of {art['file']}")
+            progress(done_before, total, f"sha256 and decompressed size of {art['file']}")
             try:
-                report = scan_archive(path, max_bytes=art.get("tar_bytes") or art["size"] * 1000,
-                                      expected_sha256=art["sha256"])
+                tar_bytes = measure_archive(path, expected_sha256=art["sha256"])
             except RollbackError as exc:
                 # Say the most useful thing: bytes that differ from the snapshot's are a SHA-256 mismatch,
                 # whatever the decompressor noticed first (a second read, on the failure path only).
@@ -49,8 +48,10 @@ def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress =
                     raise IntegrityError(f"data artifact {path.name}: SHA-256 mismatch (recorded "
                                          f"{art['sha256'][:12]}…, found {digest[:12]}…)") from None
                 raise exc if isinstance(exc, IntegrityError) else IntegrityError(f"data artifact {path.name}: {exc}") from None
-            passed.append(f"data: {path.name} {art['size']} bytes, sha256 ok, {report.members} members "
-                          f"({report.total_bytes} bytes) within the recorded size")
+            if art.get("tar_bytes") and tar_bytes != art["tar_bytes"]:
+                raise IntegrityError(f"data artifact {path.name}: decompresses to {tar_bytes} bytes, the manifest "
+                                     f"records {art['tar_bytes']}")
+            passed.append(f"data: {path.name} {art['size']} bytes, sha256 ok, {tar_bytes} bytes decompressed as recorded")
             done_before += art["size"]
             continue
         digest, size = sha256_file(path, progress=lambda n, base=done_before: progress(
