@@ -174,12 +174,14 @@ def cmd_restore(settings: Settings, args, out: Printer) -> int:
         from rollback import restore as core
 
         doc = core.begin_restore(settings, entry["id"], args.reason, auto=False, requested_by="cli --local")
+        args.txn = doc["txn"]  # for the AUDIT line
         out.line(f"restore {doc['txn']} of snapshot {entry['id']} (local)")
         return _finish_local(settings, doc["txn"], args, out)
     from tasks.restore import enqueue_restore
 
     _require_worker()
     doc, result = enqueue_restore(entry["id"], args.reason, auto=False, requested_by="cli", settings=settings)
+    args.txn = doc["txn"]  # for the AUDIT line
     out.line(f"restore {doc['txn']} of snapshot {entry['id']} enqueued")
     return _follow_restore(settings, doc["txn"], result, args, out)
 

@@ -184,8 +184,19 @@ class Settings:
             render_api_key=render_key,
             render_service_id=render_service,
             render_api_url=_url(env, "RENDER_API_URL", "https://api.render.com/v1").rstrip("/"),
-            manifest_hmac_key=env.get("MANIFEST_HMAC_KEY", "").strip() or None,
+            manifest_hmac_key=_hmac_key(env),
         )
+
+
+MIN_HMAC_KEY_BYTES = 16
+
+
+def _hmac_key(env: Mapping[str, str]) -> str | None:
+    key = env.get("MANIFEST_HMAC_KEY", "").strip()
+    if key and len(key.encode("utf-8")) < MIN_HMAC_KEY_BYTES:
+        raise ConfigError(f"MANIFEST_HMAC_KEY: must be at least {MIN_HMAC_KEY_BYTES} bytes "
+                          f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+    return key or None
 
 
 def _path(env: Mapping[str, str], name: str, default: Path | None) -> Path | None:

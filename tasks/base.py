@@ -19,8 +19,9 @@ def get_settings() -> Settings:
     global _settings
     with _lock:
         if _settings is None:
-            _settings = Settings.from_env()
-            manifest.bind(_settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
+            settings = Settings.from_env()
+            manifest.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
+            _settings = settings  # only once bound: a failed bind must fail the next call too
         return _settings
 
 

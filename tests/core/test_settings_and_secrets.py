@@ -40,7 +40,7 @@ def test_app_repo_defaults_to_git_toplevel(app_repo):
     ("DATABASE_URL", ""), ("DATABASE_URL", "mysql://u@h/db"), ("DATABASE_URL", "postgresql://u@h/"),
     ("DATABASE_URL", "postgresql://u@h:notaport/db"), ("BACKUP_RETENTION", "0"), ("BACKUP_RETENTION", "x"),
     ("ROLLBACK_READY_TIMEOUT_SEC", "nan"), ("ROLLBACK_READY_INTERVAL_SEC", "0"), ("READYZ_URL", "ftp://x"),
-    ("CODE_ROLLBACK_STRATEGY", "svn"), ("PORT", "-1"), ("BACKUP_GZIP_LEVEL", "10"),
+    ("CODE_ROLLBACK_STRATEGY", "svn"), ("PORT", "-1"), ("BACKUP_GZIP_LEVEL", "10"), ("MANIFEST_HMAC_KEY", "short"),
 ])
 def test_invalid_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as info:
