@@ -78,16 +78,25 @@ def terminate_sessions(conn: psycopg.Connection, name: str) -> int:
     return len(rows)
 
 
-def _with_sessions_ended(conn: psycopg.Connection, name: str, statement: sql.Composable, attempts: int = 10) -> None:
-    """Run a statement that needs `name` to have no sessions, ending any that reconnect meanwhile."""
+def _with_sessions_ended(conn: psycopg.Connection, names: tuple[str, ...], *statements: sql.Composable,
+                         attempts: int = 10) -> None:
+    """Run statements that need databases `names` to have no sessions, ending any that reconnect
+    meanwhile. Several statements run in one transaction (all or none); a single one runs alone
+    (CREATE DATABASE cannot run inside a transaction block)."""
     for attempt in range(attempts):
-        terminate_sessions(conn, name)
+        for name in names:
+            terminate_sessions(conn, name)
         try:
-            conn.execute(statement)
+            if len(statements) == 1:
+                conn.execute(statements[0])
+            else:
+                with conn.transaction():
+                    for statement in statements:
+                        conn.execute(statement)
             return
         except psycopg.errors.ObjectInUse:
             if attempt == attempts - 1:
-                raise RollbackError(f"database {name} stays in use by other sessions") from None
+                raise RollbackError(f"database {' or '.join(names)} stays in use by other sessions") from None
             time.sleep(0.2 * (attempt + 1))
 
 
@@ -96,7 +105,7 @@ def copy_database(conn: psycopg.Connection, source: str, dest: str) -> None:
     owner = database_owner(conn, source)
     stmt = sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY FILE_COPY").format(
         sql.Identifier(dest), sql.Identifier(source), sql.Identifier(owner))
-    _with_sessions_ended(conn, source, stmt)
+    _with_sessions_ended(conn, (source,), stmt)
 
 
 def drop_database(conn: psycopg.Connection, name: str) -> None:
@@ -105,27 +114,15 @@ def drop_database(conn: psycopg.Connection, name: str) -> None:
 
 def rename_database(conn: psycopg.Connection, source: str, dest: str) -> None:
     stmt = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(source), sql.Identifier(dest))
-    _with_sessions_ended(conn, source, stmt)
+    _with_sessions_ended(conn, (source,), stmt)
 
 
-def swap_database_names(conn: psycopg.Connection, live: str, new: str, pre: str, attempts: int = 10) -> None:
+def swap_database_names(conn: psycopg.Connection, live: str, new: str, pre: str) -> None:
     """live -> pre and new -> live in ONE transaction: a crash leaves either both renames or neither,
-    so there is always a database under the live name. Sessions of both are ended first (a rename
-    needs none); one that reconnects in between makes the transaction fail and it is retried."""
-    first = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(live), sql.Identifier(pre))
-    second = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(new), sql.Identifier(live))
-    for attempt in range(attempts):
-        terminate_sessions(conn, live)
-        terminate_sessions(conn, new)
-        try:
-            with conn.transaction():
-                conn.execute(first)
-                conn.execute(second)
-            return
-        except psycopg.errors.ObjectInUse:
-            if attempt == attempts - 1:
-                raise RollbackError(f"database {live} or {new} stays in use by other sessions") from None
-            time.sleep(0.2 * (attempt + 1))
+    so there is always a database under the live name."""
+    _with_sessions_ended(conn, (live, new),
+                         sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(live), sql.Identifier(pre)),
+                         sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(new), sql.Identifier(live)))
 
 
 def create_empty_database(conn: psycopg.Connection, name: str, like: str) -> None:
