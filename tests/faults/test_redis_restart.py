@@ -92,6 +92,20 @@ def _start_follower(env, snapshot_id: str, reason: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for_a_worker(env, case, timeout: float = 60) -> None:
+    """What an operator checks before a new restore: a worker answers through the broker."""
+    t0 = time.monotonic()
+    while True:
+        done = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping", "--timeout", "1"],
+                              cwd=ROOT, env=process_env(env), capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            break
+        assert time.monotonic() - t0 < timeout, f"no worker answered for {timeout:g}s: {done.stdout[-500:]}"
+        time.sleep(0.5)
+    if time.monotonic() - t0 > 3:
+        case.note(f"the worker answered again {time.monotonic() - t0:.0f}s after the previous round")
+
+
 def _admitted(settings, reason: str) -> dict:
     return wait_until(lambda: next((d for d in Journal(settings.backup_dir).all() if d.get("reason") == reason), None),
                       60, 0.01, "the restore to be admitted")
@@ -106,6 +120,7 @@ def test_redis_restarts_mid_restore(persist, settings, live_env, workers, gate, 
     case = figures.case(5, f"Redis restarted mid-restore ({'with' if persist else 'without'} persistence)")
     points = ["readyz"] + ([rng.choice(("db", "data")) for _ in range(F.runs(0, 2))])
     for step in points:
+        _wait_for_a_worker(env, case)  # after a restart the worker reconnects first (2 to 4 s measured)
         case.begin()
         scenario.reset_to_bad()
         gate.close() if step == "readyz" else gate.open()
