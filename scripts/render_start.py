@@ -38,8 +38,8 @@ def log(message: str) -> None:
 def commands(env: dict) -> dict[str, list[str]]:
     py = sys.executable
     return {
-        "web": [py, "-m", "flask", "--app", "web:create_app()", "run", "--host", "0.0.0.0",
-                "--port", env.get("PORT", "10000")],
+        "web": [py, "-m", "gunicorn", "--bind", f"0.0.0.0:{env.get('PORT', '10000')}", "--workers", "2",
+                "--threads", "4", "--timeout", "60", "web:create_app()"],
         "worker": [py, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
                    "--concurrency", env.get("WORKER_CONCURRENCY", "2")],
         "beat": [py, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO",
