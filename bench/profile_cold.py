@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import http.server
 import json
 import os
 import re
@@ -22,14 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psycopg
 
 from bench.datagen import create_data_dir, create_database
-from bench.run import ADMIN_URL, CHILD, ROOT, _app_repo, _child, _drop, _Ready, _settle
+from bench.run import ADMIN_URL, CHILD, ROOT, _app_repo, _child, _drop, _settle, bench_environment
 
 PG_LOG = Path(os.environ.get("BENCH_PG_LOG", "/var/log/postgresql/postgresql-15-main.log"))
 RATE = 50  # samples per second
@@ -116,13 +114,7 @@ def main(argv=None) -> int:
     create_database(ADMIN_URL, db, args.size)
     create_data_dir(data, args.size)
     _app_repo(repo)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ready)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = dict(os.environ, DATABASE_URL=ADMIN_URL.rsplit("/", 1)[0] + f"/{db}", DATA_BASE_DIR=str(data),
-               BACKUP_DIR=str(backup), APP_REPO_DIR=str(repo), ALEMBIC_CONFIG=str(repo / "alembic.ini"),
-               LOG_DIR=str(work / "logs"), READYZ_URL=f"http://127.0.0.1:{server.server_port}/readyz",
-               ROLLBACK_READY_INTERVAL_SEC="0.2", PYTHONPATH=str(ROOT))
-    pg_env = dict(os.environ, PGHOST="127.0.0.1", PGUSER="postgres", PGDATABASE=db)
+    server, env, pg_env = bench_environment(db, work)
     result: dict = {"size_gb": args.size}
     try:
         naive.mkdir()

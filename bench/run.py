@@ -116,6 +116,19 @@ def _cleanup_side_copies(db: str, data: Path) -> None:
         shutil.rmtree(side)
 
 
+def bench_environment(db: str, work: Path) -> tuple[http.server.ThreadingHTTPServer, dict, dict]:
+    """A ready /readyz server, the product's environment for `db` and `work`, and libpq's for the naive path."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data, backup, repo = work / "data", work / "backup", work / "app"
+    env = dict(os.environ, DATABASE_URL=ADMIN_URL.rsplit("/", 1)[0] + f"/{db}", DATA_BASE_DIR=str(data),
+               BACKUP_DIR=str(backup), APP_REPO_DIR=str(repo), ALEMBIC_CONFIG=str(repo / "alembic.ini"),
+               LOG_DIR=str(work / "logs"), READYZ_URL=f"http://127.0.0.1:{server.server_port}/readyz",
+               ROLLBACK_READY_INTERVAL_SEC="0.2", PYTHONPATH=str(ROOT))
+    pg_env = dict(os.environ, PGHOST="127.0.0.1", PGUSER="postgres", PGDATABASE=db)
+    return server, env, pg_env
+
+
 def run_size(size_gb: float, reps: int, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     db = f"bench_{str(size_gb).replace('.', '_')}"
@@ -126,13 +139,7 @@ def run_size(size_gb: float, reps: int, work: Path) -> dict:
     db_bytes = create_database(ADMIN_URL, db, size_gb)
     data_bytes = create_data_dir(data, size_gb)
     _app_repo(repo)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ready)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = dict(os.environ, DATABASE_URL=ADMIN_URL.rsplit("/", 1)[0] + f"/{db}", DATA_BASE_DIR=str(data),
-               BACKUP_DIR=str(backup), APP_REPO_DIR=str(repo), ALEMBIC_CONFIG=str(repo / "alembic.ini"),
-               LOG_DIR=str(work / "logs"), READYZ_URL=f"http://127.0.0.1:{server.server_port}/readyz",
-               ROLLBACK_READY_INTERVAL_SEC="0.2", PYTHONPATH=str(ROOT))
-    pg_env = dict(os.environ, PGHOST="127.0.0.1", PGUSER="postgres", PGDATABASE=db)
+    server, env, pg_env = bench_environment(db, work)
     naive_dir = work / "naive"
     rows = []
     for rep in range(reps):
