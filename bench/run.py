@@ -1,6 +1,6 @@
 """Benchmark: the naive runbook path against this product, side by side on the same data.
 
-    python -m bench.run --sizes 0.25,1,2 --reps 3 --write docs/performance.md
+    python -m bench.run --sizes 0.25,1,2 --reps 2 --write docs/performance.md
 
 For each size (GB of database + the same of data dir) and repetition it times
   naive: pg_dump -Fc + tar czf (snapshot); pg_restore --clean + tar xzf (restore)

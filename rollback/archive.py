@@ -540,14 +540,12 @@ class _MemberPolicy:
 
 
 def scan_archive(
-    path: Path, *, max_bytes: int, max_members: int = 1_000_000, max_name_len: int = 4096,
-    expected_sha256: str | None = None,
+    path: Path, *, max_bytes: int, max_members: int = 1_000_000, max_name_len: int = 4096
 ) -> ScanReport:
-    """Read the whole archive and check every member (and, when given, the SHA-256 of its bytes, in
-    the same pass); raise UnsafeArchive or IntegrityError."""
+    """Read the whole archive and check every member; raise UnsafeArchive or IntegrityError."""
     policy = _MemberPolicy(max_bytes=max_bytes, max_members=max_members, max_name_len=max_name_len)
     with open(path, "rb") as raw:
-        return _scan(raw, Path(path).name, policy, expected_sha256)
+        return _scan(raw, Path(path).name, policy)
 
 
 def measure_archive(path: Path, *, expected_sha256: str) -> int:

@@ -97,8 +97,8 @@ class ServiceLock:
         if not isinstance(txn, str) or not TXN_ID_RE.fullmatch(txn):
             return False
         try:
-            doc = json.loads(Journal(self.backup_dir).path(txn).read_text())
-        except (OSError, ValueError):
+            doc = Journal(self.backup_dir).load(txn)
+        except (RollbackError, OSError):
             return False  # no readable journal: keep the record (reconcile decides)
         return isinstance(doc, dict) and doc.get("status") in FINAL_STATES
 

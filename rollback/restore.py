@@ -64,8 +64,7 @@ def begin_restore(settings: Settings, snapshot_ref: str, reason: str, auto: bool
 def preflight(ctx: StepContext) -> str:
     """Every check that can fail before anything is changed."""
     settings, snap = ctx.settings, ctx.snapshot
-    standby_note = _choose_standby(ctx)
-    cold = not standby_note.startswith("warm standby")
+    cold, standby_note = _choose_standby(ctx)
     checks = verify_artifacts(settings, snap, progress=lambda d, t, m: ctx.progress(d, t * 2, m), scan_data=cold)
     wanted = snap.get("alembic_revision")
     if not migrations_info.is_known_revision(settings, wanted):
@@ -79,13 +78,16 @@ def preflight(ctx: StepContext) -> str:
     return "; ".join(checks + ["alembic revision known", "code revision available", "disk space ok", standby_note])
 
 
-def _choose_standby(ctx: StepContext) -> str:
-    """Record in the journal whether the warm standby of this snapshot can be used."""
+def _choose_standby(ctx: StepContext) -> tuple[bool, str]:
+    """Record in the journal whether the warm standby of this snapshot can be used;
+    return (cold path, a line for the preflight detail)."""
     from . import standby
 
     record, why = standby.usable_standby(ctx.settings, ctx.snapshot)
     ctx.mark("standby", record)
-    return f"warm standby of {record['snapshot_id']} will be used" if record else f"cold restore ({why})"
+    if record:
+        return False, f"warm standby of {record['snapshot_id']} will be used"
+    return True, f"cold restore ({why})"
 
 
 def _check_room(settings: Settings, snap: dict) -> None:

@@ -3,8 +3,8 @@
 Normal case: the staging folder (a sibling, same filesystem) and DATA_BASE_DIR exchange names in one
 atomic renameat2(RENAME_EXCHANGE), so a crash leaves either tree under the live name, never none;
 the old tree, now under the staging name, is then renamed to `<DATA_BASE_DIR>.pre-<txn>`. Where the
-filesystem cannot exchange, the two plain renames are used (live -> pre, staging -> live). When DATA_BASE_DIR is a mount point (Render's
-disk), the folder itself cannot move: its children are parked in `DATA_BASE_DIR/.pre-<txn>` and the
+filesystem cannot exchange, two plain renames are used (live -> pre, staging -> live). When
+DATA_BASE_DIR is a mount point (Render's disk), the folder itself cannot move: its children are parked in `DATA_BASE_DIR/.pre-<txn>` and the
 staged children moved in. Every phase is marked in the journal so an interrupted swap resumes.
 """
 
