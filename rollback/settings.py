@@ -6,6 +6,7 @@ Every other module receives a `Settings` explicitly; nothing else reads `os.envi
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -130,6 +131,13 @@ class Settings:
     render_api_url: str = "https://api.render.com/v1"
     # HMAC over manifest.json (rollback/manifest.py); the key lives outside BACKUP_DIR
     manifest_hmac_key: str | None = field(default=None, repr=False)
+    # The protected app's own tools: Alembic in its environment, and how to restart its processes
+    alembic_command: tuple[str, ...] | None = None
+    app_restart_command: str | None = None
+    app_restart_timeout_sec: float = 60.0
+    pre_retention_count: int = 3
+    # DATABASE_URL exactly as configured (driver included), for the app's own child processes
+    database_url: str = field(default="", repr=False)
 
     @property
     def rollback_log(self) -> Path:
@@ -185,10 +193,28 @@ class Settings:
             render_service_id=render_service,
             render_api_url=_url(env, "RENDER_API_URL", "https://api.render.com/v1").rstrip("/"),
             manifest_hmac_key=_hmac_key(env),
+            alembic_command=_command(env, "ALEMBIC_COMMAND"),
+            app_restart_command=env.get("APP_RESTART_COMMAND", "").strip() or None,
+            app_restart_timeout_sec=_float(env, "APP_RESTART_TIMEOUT_SEC", 60.0),
+            pre_retention_count=_int(env, "PRE_RETENTION_COUNT", 3, minimum=0),
+            database_url=url,
         )
 
 
 MIN_HMAC_KEY_BYTES = 16
+
+
+def _command(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """A command line split like a shell would (no shell runs it), e.g.
+    '/srv/app/.venv/bin/flask --app microblog db'."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot split {raw!r} into a command line ({exc})") from None
+    return argv or None
 
 
 def _hmac_key(env: Mapping[str, str]) -> str | None:
