@@ -27,7 +27,7 @@ from . import logbook, notify
 from .errors import LockHeld, RollbackError, SnapshotNotFound
 from .fsutil import atomic_write_bytes
 from .ids import new_txn_id, utc_now_iso
-from .journal import Journal
+from .journal import FINAL_STATES, Journal, is_success
 from .lock import ServiceLock
 from .manifest import Manifest, ensure_private_dir
 from .settings import Settings
@@ -276,17 +276,20 @@ def _follow_restore(settings: Settings, rec: dict, start_restore: StartRestore, 
         doc = Journal(settings.backup_dir).load(txn)
     except RollbackError as exc:  # removed by hand, or by a cleanup with PRE_RETENTION_DAYS=0
         doc = {"status": "failed", "error": f"{exc}: outcome unknown, see rollback.log"}
-    if doc["status"] not in ("succeeded", "failed"):
+    if doc["status"] not in FINAL_STATES:
         return Outcome(f"automatic rollback {txn}: {doc.get('current_step') or doc['status']}",
                        wait=min(rec["interval_sec"], RESTORE_POLL_SEC))
     recovery = now - rec["not_ready_ts"]
-    if doc["status"] == "succeeded":
-        _log(settings, rec, "rolled_back", txn=txn, recovery_sec=f"{recovery:.1f}")
+    if is_success(doc["status"]):
+        warnings = list(doc.get("warnings") or [])
+        _log(settings, rec, "rolled_back", txn=txn, recovery_sec=f"{recovery:.1f}", outcome=doc["status"])
+        with_warnings = f" WITH WARNINGS: {'; '.join(warnings)}" if warnings else ""
         notify.send_alert(settings, f"Rollback canary: deploy {rec['deploy_id']} was rolled back automatically to "
                                     f"snapshot {rec['snapshot_id']} (restore {txn}); ready again "
-                                    f"{recovery:.1f} s after the not-ready verdict.")
-        return _finish(rec, "rolled_back", f"rolled back by {txn}; ready again after {recovery:.1f} s",
-                       recovery_sec=round(recovery, 3))
+                                    f"{recovery:.1f} s after the not-ready verdict{with_warnings}.")
+        return _finish(rec, "rolled_back", f"rolled back by {txn}; ready again after {recovery:.1f} s"
+                                           + (f" ({doc['status']}: {'; '.join(warnings)})" if warnings else ""),
+                       recovery_sec=round(recovery, 3), restore_status=doc["status"], warnings=warnings)
     # The restored app did not become ready (or the restore failed): stop here, never loop.
     error = doc.get("error") or "restore failed"
     _log(settings, rec, "not_ready", phase="after_rollback", txn=txn, error=error)

@@ -1,10 +1,14 @@
-"""Pre-restore retention: what a finished restore kept for undo is removed after PRE_RETENTION_DAYS.
+"""Pre-restore retention: what finished restores kept for undo is removed by age and by count.
 
 A restore keeps the state it replaced: the data tree as `DATA_BASE_DIR.pre-<txn>` (or
-`DATA_BASE_DIR/.pre-<txn>/` on a mount point) and the database as `<db>__pre_<txn>`. Once its
-transaction is finished and older than the retention, those and its journal go. The transaction
-that owns the service is never touched, nor any unfinished one. Leftovers whose journal is gone
-are aged by the timestamp in their txn id.
+`DATA_BASE_DIR/.pre-<txn>/` on a mount point) and the database as `<db>__pre_<txn>`. Two rules:
+- age: once its transaction is finished and older than PRE_RETENTION_DAYS, those copies and its
+  journal go;
+- count: only the copies of the PRE_RETENTION_COUNT newest finished transactions that still have
+  copies are kept (each is a full database and data tree); older ones lose their copies, while their
+  journals stay (with a note saying so) until the age rule removes them.
+The transaction that owns the service is never touched, nor any unfinished one. Leftovers whose
+journal is gone are aged and ranked by the timestamp in their txn id.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from . import logbook, pg
 from .archive import remove_tree
+from .ids import utc_now_iso
 from .journal import FINAL_STATES, Journal
 from .lock import ServiceLock
 from .settings import Settings
@@ -27,7 +32,8 @@ _DAY = 86400.0
 
 
 def clean_pre_restore(settings: Settings, now: float | None = None) -> dict:
-    """Remove pre-restore trees, databases and journals of finished txns older than the retention."""
+    """Remove what finished txns kept for undo: everything of those older than PRE_RETENTION_DAYS, and the
+    copies of those beyond the PRE_RETENTION_COUNT newest."""
     cutoff = (time.time() if now is None else now) - settings.pre_retention_days * _DAY
     lock = ServiceLock(settings.backup_dir)
     with lock.held({"kind": "cleanup"}, wait_sec=5):
@@ -36,13 +42,43 @@ def clean_pre_restore(settings: Settings, now: float | None = None) -> dict:
         expired = {txn for txn, doc in journals.items() if txn != active and _expired(doc, cutoff)}
         orphans = {txn for txn in _txns_with_leftovers(settings)
                    if txn not in journals and txn != active and _txn_time(txn) < cutoff}
-        report = {"journals": [], "trees": [], "databases": []}
+        report = {"journals": [], "trees": [], "databases": [], "copies_removed": []}
         for txn in sorted(expired | orphans):
             _remove_txn(settings, txn, report, has_journal=txn in expired)
+        for txn in _beyond_count(settings, journals, active, done=expired | orphans):
+            _remove_copies_kept_by_count(settings, txn, report, has_journal=txn in journals)
     logbook.append(settings.rollback_log, logbook.format_event(
         "cleanup", journals=len(report["journals"]), trees=len(report["trees"]),
-        databases=",".join(report["databases"]) or "none"))
+        databases=",".join(report["databases"]) or "none",
+        copies_removed=",".join(report["copies_removed"]) or None))
     return report
+
+
+def _beyond_count(settings: Settings, journals: dict, active: str | None, done: set[str]) -> list[str]:
+    """Finished txns that still have copies, beyond the PRE_RETENTION_COUNT newest of them."""
+    ranked = []
+    for txn in _txns_with_leftovers(settings) - done - {active}:
+        doc = journals.get(txn)
+        if doc is None:
+            ranked.append((_txn_time(txn), txn))
+        elif doc.get("status") in FINAL_STATES:
+            ranked.append((doc.get("finished_ts") or _iso_time(doc.get("finished_at") or doc.get("updated_at")), txn))
+    ranked.sort(reverse=True)
+    return [txn for _, txn in reversed(ranked[settings.pre_retention_count:])]  # oldest first
+
+
+def _remove_copies_kept_by_count(settings: Settings, txn: str, report: dict, has_journal: bool) -> None:
+    trees, databases = _remove_copies(settings, txn, report)
+    report["copies_removed"].append(txn)
+    rule = f"PRE_RETENTION_COUNT={settings.pre_retention_count}"
+    logbook.append(settings.rollback_log, logbook.format_event(
+        "cleanup", txn=txn, rule=rule, trees=",".join(trees) or "none", databases=",".join(databases) or "none"))
+    if has_journal:
+        journal = Journal(settings.backup_dir)
+        journal.update(txn, pre_copies_removed={"at": utc_now_iso(), "rule": rule, "trees": trees,
+                                                "databases": databases})
+        journal.add_note(txn, f"the pre-restore copies of this restore were removed by cleanup ({rule}: only "
+                              f"the newest restores keep theirs)")
 
 
 def _expired(doc: dict, cutoff: float) -> bool:
@@ -52,19 +88,28 @@ def _expired(doc: dict, cutoff: float) -> bool:
 
 
 def _remove_txn(settings: Settings, txn: str, report: dict, has_journal: bool) -> None:
-    for tree in _pre_trees(settings, txn):
-        if tree.exists():
-            remove_tree(tree)
-            report["trees"].append(str(tree))
-    pre_db = pre_database_name(settings.database.dbname, txn)
-    with pg.connect_maintenance(settings.database) as conn:
-        if pg.database_exists(conn, pre_db):
-            pg.drop_database(conn, pre_db)
-            report["databases"].append(pre_db)
+    _remove_copies(settings, txn, report)
     if has_journal:
         # Last: while the journal exists, a re-run still knows what belongs to this txn.
         Journal(settings.backup_dir).path(txn).unlink(missing_ok=True)
         report["journals"].append(txn)
+
+
+def _remove_copies(settings: Settings, txn: str, report: dict) -> tuple[list[str], list[str]]:
+    """Remove the `.pre-<txn>` trees and `<db>__pre_<txn>` database; return what was removed."""
+    trees, databases = [], []
+    for tree in _pre_trees(settings, txn):
+        if tree.exists():
+            remove_tree(tree)
+            trees.append(str(tree))
+    pre_db = pre_database_name(settings.database.dbname, txn)
+    with pg.connect_maintenance(settings.database) as conn:
+        if pg.database_exists(conn, pre_db):
+            pg.drop_database(conn, pre_db)
+            databases.append(pre_db)
+    report["trees"] += trees
+    report["databases"] += databases
+    return trees, databases
 
 
 def _pre_trees(settings: Settings, txn: str) -> list[Path]:

@@ -17,7 +17,20 @@ from .ids import utc_now_iso, validate_txn_id
 from .manifest import ensure_private_dir
 
 RESTORE_STEPS = ("preflight", "db", "data", "code", "readyz")
-FINAL_STATES = ("succeeded", "failed")
+# A restore that reached its end but took a degraded path (e.g. a clean-slate fallback instead of the
+# Alembic downgrade) is `succeeded_with_warnings`, never plain `succeeded`.
+SUCCESS_STATES = ("succeeded", "succeeded_with_warnings")
+FINAL_STATES = (*SUCCESS_STATES, "failed")
+
+
+def is_success(status: str | None) -> bool:
+    """True for a finished restore whose every step ended ok, with or without warnings."""
+    return status in SUCCESS_STATES
+
+
+def success_status(doc: dict) -> str:
+    """The final status of a restore whose every step is ok: warnings make it a degraded success."""
+    return "succeeded_with_warnings" if doc.get("warnings") else "succeeded"
 
 
 class Journal:
@@ -38,6 +51,8 @@ class Journal:
             "error": None,
             "steps": {name: {"status": "pending"} for name in RESTORE_STEPS},
             "marks": {},
+            "warnings": [],  # a degraded path was taken: the restore cannot end plain `succeeded`
+            "notes": [],  # informational lines for the operator (e.g. the app was not restarted)
             **fields,
         }
         self._write(doc)
@@ -82,6 +97,22 @@ class Journal:
         self._write(doc)
         return doc
 
+    def add_warning(self, txn: str, text: str) -> dict:
+        """Record a degraded outcome; the restore then ends `succeeded_with_warnings`."""
+        return self._append(txn, "warnings", text)
+
+    def add_note(self, txn: str, text: str) -> dict:
+        """Record an informational line shown with the outcome; it does not change the status."""
+        return self._append(txn, "notes", text)
+
+    def _append(self, txn: str, key: str, text: str) -> dict:
+        doc = self.load(txn)
+        lines = doc.setdefault(key, [])
+        if text not in lines:  # a step re-run after an interruption says the same thing again
+            lines.append(text)
+            self._write(doc)
+        return doc
+
     def step_started(self, txn: str, step: str) -> dict:
         doc = self.load(txn)
         entry = doc["steps"][step]
@@ -104,7 +135,8 @@ class Journal:
 
     def finish(self, txn: str, status: str, error: str | None = None) -> dict:
         doc = self.load(txn)
-        doc.update(status=status, error=error, finished_at=utc_now_iso(), current_step=None)
+        # finished_ts: sub-second order for PRE_RETENTION_COUNT (finished_at has whole seconds)
+        doc.update(status=status, error=error, finished_at=utc_now_iso(), finished_ts=time.time(), current_step=None)
         self._write(doc)
         return doc
 

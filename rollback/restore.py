@@ -14,7 +14,7 @@ from typing import Callable
 from . import logbook, migrations_info
 from .errors import LockHeld, PreflightFailed, RollbackError, StepFailed, StepInterrupted
 from .ids import new_txn_id, validate_txn_id
-from .journal import FINAL_STATES, RESTORE_STEPS, Journal, step_summary
+from .journal import FINAL_STATES, RESTORE_STEPS, Journal, is_success, step_summary, success_status
 from .lock import ServiceLock, describe_holder
 from .manifest import Manifest
 from .settings import Settings
@@ -149,10 +149,11 @@ def run_step(settings: Settings, txn: str, step: str, attempt: int | None = None
         journal.step_finished(txn, step, "ok", detail=detail)
         logbook.rollback_event(settings.rollback_log, txn, step, "ok", detail=detail)
         if step == RESTORE_STEPS[-1]:
-            doc = journal.finish(txn, "succeeded")
+            doc = journal.finish(txn, success_status(journal.load(txn)))
             lock.release(txn)
             total = sum(s.get("duration_sec") or 0 for s in doc["steps"].values())
-            logbook.rollback_event(settings.rollback_log, txn, "restore", "ok", duration_sec=f"{total:.1f}")
+            logbook.rollback_event(settings.rollback_log, txn, "restore", "ok", duration_sec=f"{total:.1f}",
+                                   outcome=doc["status"], warnings=len(doc.get("warnings") or []) or None)
     return {"step": step, "status": "ok", "detail": detail}
 
 
@@ -183,7 +184,7 @@ def _failure_message(step: str, exc: BaseException) -> str:
 def _finish_complete(settings: Settings, lock: ServiceLock, journal: Journal, doc: dict) -> dict:
     """Close a txn whose every step is ok but whose final write never happened (its process died
     between them). Call with the service flock held."""
-    doc = journal.finish(doc["txn"], "succeeded")
+    doc = journal.finish(doc["txn"], success_status(doc))
     lock.release(doc["txn"])
     logbook.rollback_event(settings.rollback_log, doc["txn"], "restore", "ok",
                            note="every step was already done; finished after an interruption")
@@ -217,8 +218,11 @@ def run_remaining(settings: Settings, txn: str, progress: StepProgress = _quiet)
 
 
 def restore_summary(doc: dict) -> dict:
+    """The outcome as adapters show it: `status` is succeeded, succeeded_with_warnings or failed (or a
+    running state); `warnings` say what was degraded, `notes` are informational lines."""
     return {"txn": doc["txn"], "status": doc["status"], "snapshot_id": doc.get("snapshot_id"),
-            "reason": doc.get("reason"), "error": doc.get("error"), "steps": step_summary(doc)}
+            "reason": doc.get("reason"), "error": doc.get("error"), "steps": step_summary(doc),
+            "warnings": list(doc.get("warnings") or []), "notes": list(doc.get("notes") or [])}
 
 
 # -- reconciliation ---------------------------------------------------------------------------
@@ -273,8 +277,8 @@ def resume(settings: Settings, txn: str) -> dict:
     lock, journal = ServiceLock(settings.backup_dir), Journal(settings.backup_dir)
     with lock.held({"kind": "restore", "txn": txn, "step": "resume"}):
         doc = journal.load(txn)
-        if doc["status"] == "succeeded":
-            raise PreflightFailed(f"transaction {txn} already succeeded")
+        if is_success(doc["status"]):
+            raise PreflightFailed(f"transaction {txn} already {doc['status']}")
         active = lock.active()
         if active and active.get("txn") != txn:
             raise LockHeld(f"refused: {describe_holder(active)}", active)

@@ -18,7 +18,8 @@ def prune_snapshots(self) -> dict:
 
 @app.task(bind=True, name="rollback.cleanup")
 def cleanup_pre_restore(self) -> dict:
-    """Remove what finished restores kept for undo, once older than PRE_RETENTION_DAYS."""
+    """Remove what finished restores kept for undo: by age (PRE_RETENTION_DAYS) and by count
+    (only the PRE_RETENTION_COUNT newest restores keep their database and data-tree copies)."""
     return clean_pre_restore(get_settings())
 
 

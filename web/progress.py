@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rollback.errors import RollbackError
 from rollback.ids import validate_txn_id
-from rollback.journal import FINAL_STATES, RESTORE_STEPS, Journal, step_summary
+from rollback.journal import FINAL_STATES, RESTORE_STEPS, Journal, is_success, step_summary
 from rollback.settings import Settings
 
 from .jobs import task_state
@@ -45,8 +45,11 @@ def restore_status(settings: Settings, txn: str) -> dict:
         "current_step": doc.get("current_step"),
         "error": error,
         "duration_sec": total_duration(doc),
-        "percent": 100 if status == "succeeded" else _percent(steps),
+        "percent": 100 if is_success(status) else _percent(steps),
         "final": status in FINAL_STATES,
+        "success": is_success(status),
+        "warnings": list(doc.get("warnings") or []),  # status succeeded_with_warnings: show them, in yellow
+        "notes": list(doc.get("notes") or []),
         "steps": steps,
     }
 
@@ -94,6 +97,7 @@ def history(settings: Settings) -> list[dict]:
             "auto": bool(doc.get("auto")),
             "status": doc.get("status"),
             "error": doc.get("error"),
+            "warnings": list(doc.get("warnings") or []),
             "duration_sec": total_duration(doc),
         })
     return rows

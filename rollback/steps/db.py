@@ -6,7 +6,9 @@ Restore order inside the step:
 2. `alembic downgrade <snapshot revision>` with the code still deployed;
 3. `pg_restore --clean --if-exists --single-transaction` of the verified dump;
 4. check nothing created after the snapshot survived; if something did, or the downgrade was
-   impossible, fall back to a clean slate (empty database from template0 + pg_restore), loudly.
+   impossible, fall back to a clean slate (empty database from template0 + pg_restore), loudly: a
+   `fallback` log line and a journal warning (the restore ends `succeeded_with_warnings`).
+The downgrade runs through ALEMBIC_COMMAND when set (the app's own environment, e.g. `flask db`).
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ def _take_standby_database(ctx: StepContext, new: str) -> bool:
         standby.take_database(ctx.settings, record, new)
     except RollbackError as exc:
         logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "standby_skipped", error=str(exc))
+        ctx.journal.add_note(ctx.txn, f"the warm standby database could not be used ({exc}); restored cold")
         return False
     standby.forget(ctx.settings)
     ctx.mark("db_source", "standby")
@@ -226,6 +229,9 @@ def restore_db_in_place(ctx: StepContext) -> str:
     except (RollbackError, OSError) as exc:
         _undo_from_pre_copy(ctx, pre)
         raise StepFailed("db", f"{exc}; the database was put back as it was before this step") from None
+    if method == "clean-slate":  # recorded once the fallback worked: an undone attempt leaves no warning
+        ctx.journal.add_warning(ctx.txn, f"database restored from a clean slate instead of alembic downgrade + "
+                                         f"pg_restore --clean: {reason}")
     ctx.progress(4, 4, f"database restored ({method}); previous state kept as {pre}")
     return f"{method}; previous state kept as database {pre}"
 
@@ -275,14 +281,22 @@ def _downgrade(ctx: StepContext, wanted: str | None) -> str | None:
     if not migrations_info.is_known_revision(ctx.settings, current):
         return f"the database revision {current} is unknown to the deployed code"
     try:
-        migrations_info.downgrade(ctx.settings, wanted, timeout=ctx.settings.command_timeout_sec)
+        command = migrations_info.downgrade(ctx.settings, wanted, timeout=ctx.settings.command_timeout_sec)
     except RollbackError as exc:
-        return f"alembic downgrade failed: {exc}"
+        return f"alembic downgrade failed: {exc}{_alembic_command_hint(ctx)}"
+    ctx.mark("db_downgrade_command", command)
     after = pg.alembic_revision(ctx.settings.database)
     ctx.mark("db_revision_after_downgrade", after)
     if after != wanted:
-        return f"alembic downgrade ended at {after}, not {wanted}"
+        return f"alembic downgrade ended at {after}, not {wanted}{_alembic_command_hint(ctx)}"
     return None
+
+
+def _alembic_command_hint(ctx: StepContext) -> str:
+    if ctx.settings.alembic_command:
+        return ""
+    return ("; set ALEMBIC_COMMAND to run the downgrade in the app's own environment "
+            "(e.g. ALEMBIC_COMMAND='/srv/app/.venv/bin/flask --app app db' for Flask-Migrate)")
 
 
 def _pg_restore(settings, dump: Path, clean: bool, dbname: str | None = None) -> None:

@@ -23,6 +23,18 @@
     setText(row.querySelector(".detail"), step.error || step.task_error || step.message || step.detail || "");
   }
 
+  function renderList(id, lines) {
+    var box = document.getElementById(id);
+    if (!box) { return; }
+    var list = box.querySelector("ul");
+    list.replaceChildren.apply(list, (lines || []).map(function (line) {
+      var item = document.createElement("li");
+      item.textContent = line;
+      return item;
+    }));
+    box.hidden = !(lines && lines.length);
+  }
+
   function renderOutcome(s) {
     var bar = document.getElementById("bar");
     bar.style.width = s.percent + "%";
@@ -33,6 +45,11 @@
       bar.className = "progress-bar bg-success";
       outcome.className = "alert alert-success";
       outcome.textContent = "Restore succeeded in " + (s.duration_sec || 0).toFixed(1) + " s: the app is ready again.";
+    } else if (s.status === "succeeded_with_warnings") {
+      bar.className = "progress-bar bg-warning";
+      outcome.className = "alert alert-warning";
+      outcome.textContent = "Restore succeeded WITH WARNINGS in " + (s.duration_sec || 0).toFixed(1) +
+        " s: the app is ready again, but read the warnings below.";
     } else if (s.status === "failed") {
       bar.className = "progress-bar bg-danger";
       outcome.className = "alert alert-danger";
@@ -41,6 +58,8 @@
       outcome.className = "alert alert-info";
       outcome.textContent = "Restore " + s.status + (s.current_step ? ": step " + s.current_step : "") + "…";
     }
+    renderList("warnings", s.warnings);
+    renderList("notes", s.notes);
     root.setAttribute("data-final", s.final ? "true" : "false");
     root.setAttribute("data-status", s.status);
   }
