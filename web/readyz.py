@@ -7,7 +7,6 @@ checks also bound themselves (connect_timeout, statement_timeout) so a stuck thr
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -19,6 +18,7 @@ from psycopg import sql
 from rollback import migrations_info
 from rollback.errors import RollbackError
 from rollback.logbook import mask_secrets
+from rollback.readiness import CheckFailed, check_json_file, check_required_env
 from rollback.settings import Settings
 
 from .config import WebConfig
@@ -28,16 +28,11 @@ log = logging.getLogger("web.readyz")
 # libpq's minimum; the deadline below still answers sooner.
 CONNECT_TIMEOUT_SEC = 2
 STATEMENT_TIMEOUT_MS = 1000
-USERS_FILE_MAX_BYTES = 64 << 20
 
 # Shared and bounded: a flood of probes against a hung database cannot pile up threads.
 _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="readyz")
 
 Check = Callable[[], str]  # returns a detail on success, raises CheckFailed (or anything) otherwise
-
-
-class CheckFailed(Exception):
-    """A check ran and found a problem; the message is the detail shown."""
 
 
 def readiness(settings: Settings, config: WebConfig) -> tuple[bool, dict]:
@@ -90,30 +85,11 @@ def _ms(started: float) -> float:
 
 # -- the checks -------------------------------------------------------------------------------
 def check_env(config: WebConfig) -> str:
-    """Names only: a value is never shown, present ones appear as NAME=***."""
-    if not config.required_env:
-        return "no required variables configured (READYZ_REQUIRED_ENV)"
-    present = [f"{name}=***" for name in config.required_env if name not in config.missing_env]
-    summary = "present: " + (", ".join(present) or "none")
-    if config.missing_env:
-        raise CheckFailed(f"missing: {', '.join(config.missing_env)}; {summary}")
-    return summary
+    return check_required_env(config.required_env, config.missing_env)
 
 
 def check_users_file(settings: Settings, config: WebConfig) -> str:
-    path = settings.data_base_dir / config.users_file
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(USERS_FILE_MAX_BYTES + 1)
-    except OSError as exc:
-        raise CheckFailed(f"{path}: {exc.strerror or exc}") from None
-    if len(raw) > USERS_FILE_MAX_BYTES:
-        raise CheckFailed(f"{path}: larger than {USERS_FILE_MAX_BYTES >> 20} MiB")
-    try:
-        json.loads(raw)
-    except ValueError as exc:
-        raise CheckFailed(f"{path}: not valid JSON ({exc})") from None
-    return f"{path.name}: valid JSON, {len(raw)} bytes"
+    return check_json_file(settings.data_base_dir / config.users_file)
 
 
 def _connect(settings: Settings) -> psycopg.Connection:
