@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m manage.rollback snapshot|list|show|verify|restore|status|resume|prune|standby|canary|fingerprint`.
+"""Operator CLI: `python -m manage.rollback check|snapshot|list|show|verify|restore|status|resume|prune|standby|canary|fingerprint`.
 
 By default work is sent to the Celery worker and followed live; `--local` runs the same core
 steps in this process (the fallback when Redis is down). Exit codes: 0 success, 1 failed,
@@ -17,7 +17,7 @@ from rollback import logbook
 from rollback import manifest as manifest_mod
 from rollback.errors import ConfigError, RollbackError
 from rollback.ids import validate_snapshot_id, validate_txn_id
-from rollback.journal import RESTORE_STEPS, Journal
+from rollback.journal import RESTORE_STEPS, Journal, is_success
 from rollback.manifest import Manifest
 from rollback.settings import Settings
 
@@ -50,6 +50,11 @@ class Printer:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m manage.rollback", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("check", help="validate the configuration against the live system (exit 1 on any FAIL)")
+    s.add_argument("--json", action="store_true", help="print the checks as a JSON list")
+    s.add_argument("--worker", action="store_true",
+                   help="run the checks on the Celery worker (where snapshots and restores run)")
 
     s = sub.add_parser("snapshot", help="take a snapshot of database, data dir and revisions")
     s.add_argument("--notes", default="", help="free text stored with the snapshot")
@@ -87,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("snapshot_id", nargs="?", default="latest", help="an id or 'latest' (default)")
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("canary", help="after a deploy: watch /readyz, roll back automatically if not ready")
-    s.add_argument("--snapshot", help="the snapshot to restore (default: the newest taken before this deploy)")
-    s.add_argument("--deploy-id", help="names the deploy (default: a new id); at most one automatic rollback each")
+    s = sub.add_parser("canary", help="probe /readyz now; with --snapshot or --deploy-id: watch a deploy on the "
+                                      "worker and roll back automatically if it does not become ready")
+    s.add_argument("--snapshot", help="watch, and restore this snapshot if not ready (default: the newest taken "
+                                      "before this deploy)")
+    s.add_argument("--deploy-id", help="watch this deploy; at most one automatic rollback each")
     s.add_argument("--no-wait", action="store_true", help="enqueue and print the task id without following")
     s.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
 
@@ -107,6 +114,37 @@ def _add_mode(s: argparse.ArgumentParser) -> None:
 
 
 # -- commands ---------------------------------------------------------------------------------
+CHECK_WORKER_TIMEOUT_SEC = 180.0
+
+
+def cmd_check(settings: Settings, args, out: Printer) -> int:
+    """One line per check; exit 0 when none failed (warnings included), 1 otherwise."""
+    from rollback.check import format_line, run_checks
+
+    if args.worker:
+        from tasks.snapshot import check_configuration
+
+        _require_worker()
+        result = check_configuration.apply_async()
+        try:
+            results = result.get(timeout=CHECK_WORKER_TIMEOUT_SEC)
+        except Exception as exc:  # timeout (a worker without this task), or the task itself failed
+            why = logbook.mask_secrets(str(exc)) or "no answer"
+            raise RollbackError(f"the worker did not complete the check ({type(exc).__name__}: {why}); "
+                                f"is it running this version?") from None
+    else:
+        results = [r.as_dict() for r in run_checks(settings)]
+    if args.json:
+        _print_json(results)
+    else:
+        for line in results:
+            print(format_line(line))
+    failed = [r["name"] for r in results if not r["ok"]]
+    if failed:
+        out.line(f"check: {len(failed)} failed ({', '.join(failed)})")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_snapshot(settings: Settings, args, out: Printer) -> int:
     if args.local:
         from rollback.snapshot import create_snapshot
@@ -193,8 +231,8 @@ def cmd_resume(settings: Settings, args, out: Printer) -> int:
     if not args.local:
         _require_worker()  # before claiming: with no worker the txn must stay as it was
     doc = core.resume(settings, txn)
-    if doc["status"] == "succeeded":  # every step had finished; only the final record was missing
-        out.line(f"{txn}: every step was already done; recorded as succeeded")
+    if is_success(doc["status"]):  # every step had finished; only the final record was missing
+        out.line(f"{txn}: every step was already done; recorded as {doc['status']}")
         return _report_restore(core.restore_summary(doc), args)
     out.line(f"resuming {txn} (attempt {doc['attempt']})")
     if args.local:
@@ -247,10 +285,17 @@ def cmd_standby(settings: Settings, args, out: Printer) -> int:
 
 
 def cmd_canary(settings: Settings, args, out: Printer) -> int:
-    """Exit 0 when the deploy is ready, 1 when it is not (rolled back or not), 2 on bad input."""
+    """Exit 0 when the deploy is ready, 1 when it is not (rolled back or not), 2 on bad input.
+
+    Without --snapshot or --deploy-id: one probe of READYZ_URL now, in this process (no worker, no
+    rollback) — the runbook's staging check. With either: the watch through the worker."""
     from rollback.canary import new_deploy_id, validate_deploy_id
     from tasks.canary import enqueue_canary
 
+    if not args.snapshot and not args.deploy_id:
+        if args.no_wait:
+            raise UsageError("--no-wait applies to a watch: give --deploy-id or --snapshot")
+        return _probe_readyz(settings, args)
     snapshot = validate_snapshot_id(args.snapshot, allow_latest=True) if args.snapshot else None
     deploy_id = validate_deploy_id(args.deploy_id) if args.deploy_id else new_deploy_id()
     _require_worker()
@@ -265,6 +310,25 @@ def cmd_canary(settings: Settings, args, out: Printer) -> int:
     else:
         print(f"canary of deploy {deploy_id}: {verdict['status'].upper()}: {verdict['message']}")
     return EXIT_OK if verdict["status"] == "ready" else EXIT_FAILED
+
+
+def _probe_readyz(settings: Settings, args) -> int:
+    from rollback.check import probe_readyz
+
+    report = probe_readyz(settings.readyz_url)
+    report["status"] = "ready" if report["ready"] else "not_ready"
+    if args.json:
+        _print_json(report)
+    else:
+        answer = report["error"] or f"HTTP {report['http_status']}"
+        print(f"readyz {report['url']}: {answer}: {report['status'].upper().replace('_', ' ')} ({report['ms']:.0f} ms)")
+        for name, check in (report["checks"] or {}).items():
+            if isinstance(check, dict):
+                word = "ok" if check.get("ok") else "FAIL"
+                print(f"  {word:<4}  {name:<12}  {check.get('detail', '')}")
+        if report["checks"] is None and report["body"] and not report["error"]:
+            print(f"  body: {report['body']}")
+    return EXIT_OK if report["ready"] else EXIT_FAILED
 
 
 def _follow_canary(result, out: Printer, poll: float = 0.1) -> dict:
@@ -299,7 +363,7 @@ def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "show": cmd_show, "verify": cmd_verify,
+COMMANDS = {"check": cmd_check, "snapshot": cmd_snapshot, "list": cmd_list, "show": cmd_show, "verify": cmd_verify,
             "restore": cmd_restore, "resume": cmd_resume, "status": cmd_status, "prune": cmd_prune,
             "fingerprint": cmd_fingerprint, "standby": cmd_standby, "canary": cmd_canary}
 
@@ -366,7 +430,7 @@ def _report_restore(summary: dict, args) -> int:
         _print_json(summary)
     else:
         _print_summary(summary)
-    return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+    return EXIT_OK if is_success(summary["status"]) else EXIT_FAILED
 
 
 def _print_summary(summary: dict) -> None:
@@ -375,6 +439,10 @@ def _print_summary(summary: dict) -> None:
     for step in summary["steps"]:
         took = f"{step['duration_sec']:.2f}s" if step["duration_sec"] is not None else "-"
         print(f"  {step['step']:<9} {step['status']:<11} {took:>8}  {step['error'] or step['detail'] or ''}")
+    for warning in summary.get("warnings") or []:
+        print(f"warning: {warning}")
+    for note in summary.get("notes") or []:
+        print(f"note: {note}")
     if summary.get("error"):
         print(f"error: {summary['error']}")
 

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+
+from . import logbook, manifest
+from .errors import LockHeld, RollbackError
 from .restore import run_restore_local
 from .settings import Settings
 
 
 def restore_latest_backup(reason: str, auto: bool = False, settings: Settings | None = None,
                           requested_by: str = "manager") -> dict:
-    """Restore the newest snapshot in this process; returns the finished journal."""
-    settings = settings or Settings.from_env()
-    return run_restore_local(settings, "latest", reason=reason, auto=auto, requested_by=requested_by)
+    """Restore the newest snapshot in this process (the runbook's
+    `manager.restore_latest_backup(reason="readyz_fail", auto=True)`); returns the finished journal.
+
+    Raises SnapshotNotFound when there is no snapshot, LockHeld when another restore or snapshot
+    runs, StepFailed when a step failed (the journal then says `failed` and what was put back).
+    `requested_by` goes to the journal, the ROLLBACK log line and an AUDIT line.
+    """
+    if settings is None:
+        settings = Settings.from_env()
+        manifest.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
+    outcome, details = "failed", {"reason": reason, "auto": str(bool(auto)).lower(), "by": requested_by}
+    try:
+        doc = run_restore_local(settings, "latest", reason=reason, auto=auto, requested_by=requested_by)
+        outcome = "ok"
+        details.update(txn=doc["txn"], snapshot=doc["snapshot_id"], status=doc["status"])
+        return doc
+    except RollbackError as exc:
+        outcome = "refused" if isinstance(exc, LockHeld) else "failed"
+        details["error"] = str(exc)[:300]
+        raise
+    finally:
+        with contextlib.suppress(OSError):  # the audit line must not turn a finished restore into an error
+            logbook.audit(settings.rollback_log, logbook.local_operator(), "local", "restore", outcome, **details)

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, logbook, pg
+from . import __version__, logbook, migrations_info, pg
 from .archive import CODECS, create_archive, scan_archive
-from .errors import RollbackError, UnsafeArchive
+from .errors import ConfigError, PreflightFailed, RollbackError, UnsafeArchive
 from .fsutil import atomic_write_bytes, fsync_dir
 from .ids import SNAPSHOT_ID_RE, new_snapshot_id, utc_now_iso
 from .lock import ServiceLock, describe_holder
@@ -79,6 +79,7 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
     try:
         app_revision, dirty = strategy_for(settings).current_revision()
         alembic_revision = pg.alembic_revision(settings.database)
+        check_restorable_revision(settings, alembic_revision)
         tmp.mkdir(mode=0o700)
 
         progress("database", 0, 1, "pg_dump -Fc")
@@ -133,6 +134,24 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
         "backup complete", id=snapshot_id, app_revision=app_revision[:12], alembic=alembic_revision,
         db_bytes=db_art["size"], data_bytes=data_art["size"]))
     return entry
+
+
+def check_restorable_revision(settings: Settings, revision: str | None) -> None:
+    """Refuse, before anything is dumped, a snapshot whose restore the preflight would refuse: the
+    deployed migrations must be readable and know the database's Alembic revision."""
+    try:
+        migrations_info.code_heads(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"snapshot refused: {exc} (a restore reads the deployed migrations)") from None
+    except RollbackError as exc:
+        raise PreflightFailed(f"snapshot refused: cannot read the deployed migrations: {exc}") from None
+    except Exception as exc:  # a broken migration file: Alembic raises whatever importing it raised
+        raise PreflightFailed(f"snapshot refused: cannot read the migrations of {settings.alembic_config} "
+                              f"({type(exc).__name__}: {exc})") from None
+    if not migrations_info.is_known_revision(settings, revision):
+        raise PreflightFailed(f"snapshot refused: the database is at Alembic revision {revision}, unknown to the "
+                              f"deployed migrations ({settings.alembic_config}); a restore would refuse this "
+                              f"snapshot. Deploy code that has the revision, or fix ALEMBIC_CONFIG")
 
 
 def _check_restorable(archive: Path, tar_bytes: int) -> None:

@@ -13,4 +13,6 @@ while [ $# -gt 0 ]; do
     *) extra+=("$1"); shift ;;
   esac
 done
-exec python -m manage.rollback restore --snapshot "$snapshot" --reason "$reason" --yes "${extra[@]}"
+. scripts/_python.sh
+rollback_require_python restore_all
+exec "$ROLLBACK_PY" -m manage.rollback restore --snapshot "$snapshot" --reason "$reason" --yes ${extra[@]+"${extra[@]}"}

@@ -1,7 +1,8 @@
-"""Snapshot task, and the warm standby prepared after it in the background."""
+"""Snapshot task, the configuration check run before it, and the warm standby prepared after it."""
 
 from __future__ import annotations
 
+from rollback.check import run_checks
 from rollback.errors import LockHeld
 from rollback.snapshot import create_snapshot
 from rollback.standby import prepare_standby
@@ -19,6 +20,12 @@ def take_snapshot(self, notes: str = "") -> dict:
     if settings.standby_enabled:
         prepare_standby_task.delay(entry["id"])
     return entry
+
+
+@app.task(name="rollback.check")
+def check_configuration() -> list[dict]:
+    """`check` where snapshots and restores run: the deploy hook asks the worker, which owns the disk."""
+    return [result.as_dict() for result in run_checks(get_settings())]
 
 
 @app.task(bind=True, name="rollback.standby.prepare")

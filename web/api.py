@@ -22,6 +22,7 @@ RATE_WINDOW_SEC = 60
 MAX_REASON = 500
 MAX_NOTES = 500
 WHO = "api"
+DEFAULT_REASON = "api"  # the runbook's curl sends only {"snapshot_id": ...}
 
 
 class BadRequest(RollbackError):
@@ -49,7 +50,8 @@ def restore():
     ctx = web_context()
     body = _json_object()
     ref = validate_snapshot_id(body.get("snapshot_id"), allow_latest=True)
-    reason = _text(body, "reason", MAX_REASON, required=True)
+    # No reason → "api"; a reason that is sent must say something.
+    reason = _text(body, "reason", MAX_REASON, required=True) if body.get("reason") is not None else DEFAULT_REASON
     try:
         doc, task_id = start_restore(ctx.settings, ref, reason, requested_by=f"{WHO}@{client_address()}")
     except RollbackError as exc:

@@ -82,9 +82,9 @@ def test_a_bad_deploy_is_rolled_back_by_the_canary(settings, live_env, celery_pr
 
 def test_a_flapping_app_is_rolled_back_at_most_once(settings, live_env, celery_processes, readyz, webhook):
     live_env.update(FAST, ROLLBACK_NOTIFY_WEBHOOK_URL=webhook.url)
-    readyz.set("flap")  # 200, 503, 200, ...: never two successes in a row
     celery_processes("worker")
     assert run_hook(live_env, "pre", "--deploy-id", "flappy").returncode == 0
+    readyz.set("flap")  # after the deploy: 200, 503, 200, ...: never two successes in a row
 
     first = run_hook(live_env, "post", "--deploy-id", "flappy", "--json")
     assert first.returncode == 1, first.stderr
@@ -104,9 +104,9 @@ def test_a_flapping_app_is_rolled_back_at_most_once(settings, live_env, celery_p
 def test_with_the_canary_disabled_a_failing_deploy_only_alerts(settings, live_env, celery_processes, readyz,
                                                                webhook):
     live_env.update(FAST, ROLLBACK_CANARY_ENABLED="false", ROLLBACK_NOTIFY_WEBHOOK_URL=webhook.url)
-    readyz.set("fail")
     celery_processes("worker")
-    assert run_hook(live_env, "pre").returncode == 0
+    assert run_hook(live_env, "pre").returncode == 0  # the app is ready before the deploy (the hook checks)
+    readyz.set("fail")  # the deploy breaks it
 
     done = run_hook(live_env, "post", "--deploy-id", "off-1", "--json")
     assert done.returncode == 1, done.stderr
