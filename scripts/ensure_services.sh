@@ -3,10 +3,18 @@
 #   apt packages, PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth),
 #   Redis on 127.0.0.1:6379, and Python requirements.
 # Idempotent: safe to run repeatedly. Targets Debian 12 (bookworm).
+# Made for a CI machine of its own: it may create and start the Postgres cluster, add trust lines to its
+# pg_hba.conf and start Redis. On a developer's machine use ENSURE_SERVICES_KEEP_CONFIG=1 (what
+# scripts/demo.sh does): an existing cluster's configuration is then never changed.
 #
 # Env knobs:
-#   SKIP_PIP=1       do not pip install requirements.txt
-#   SKIP_CHROMIUM=1  do not install the chromium package
+#   SKIP_PIP=1                        do not pip install requirements.txt
+#   SKIP_CHROMIUM=1                   do not install the chromium package
+#   ENSURE_SERVICES_PACKAGES_ONLY=1   only install what is missing (apt, pip); never create, start or
+#                                     reconfigure a Postgres cluster or a Redis server
+#   ENSURE_SERVICES_KEEP_CONFIG=1     create and start what is missing (a brand-new machine ends up ready for
+#                                     the tests), but never edit the configuration of a cluster this run did
+#                                     not create: without trust auth there, the caller uses a private one
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,6 +25,10 @@ REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
 PG_WAIT_SECS=30
 REDIS_WAIT_SECS=15
+
+PACKAGES_ONLY=${ENSURE_SERVICES_PACKAGES_ONLY:-0}
+KEEP_CONFIG=${ENSURE_SERVICES_KEEP_CONFIG:-0}
+CREATED_CLUSTER=0
 
 log() { echo "[ensure_services] $*"; }
 die() { echo "[ensure_services] ERROR: $*" >&2; exit 1; }
@@ -110,7 +122,14 @@ wait_for() {  # wait_for <seconds> <check-fn>
 
 missing=()
 
-if ! pg_up && ! pg_server_installed; then
+# The server binaries: to start the shared cluster, or (packages only) for a private cluster of the
+# caller's when trust auth to the shared one does not work.
+if [ "$PACKAGES_ONLY" = "1" ]; then
+    pg_trust_ok && need_pg_server=0 || need_pg_server=1
+else
+    pg_up && need_pg_server=0 || need_pg_server=1
+fi
+if [ "$need_pg_server" -eq 1 ] && ! pg_server_installed; then
     missing+=(postgresql)
 fi
 if ! command -v psql >/dev/null 2>&1 || ! command -v pg_dump >/dev/null 2>&1 \
@@ -139,7 +158,13 @@ fi
 
 # -------------------------------------------------------- 2. PostgreSQL --
 
-if pg_up; then
+if [ "$PACKAGES_ONLY" = "1" ]; then
+    if pg_trust_ok; then
+        log "postgres: trust auth for postgres@$PG_HOST:$PG_PORT ok (left as it is)"
+    else
+        log "postgres: no trust auth on $PG_HOST:$PG_PORT; left alone (packages only)"
+    fi
+elif pg_up; then
     log "postgres: already running on $PG_HOST:$PG_PORT"
 else
     ver=$(pg_cluster_ver)
@@ -150,6 +175,7 @@ else
         log "postgres: creating cluster $ver/main"
         as_root pg_createcluster --port="$PG_PORT" "$ver" main >/dev/null \
             || die "pg_createcluster $ver main failed"
+        CREATED_CLUSTER=1
     fi
     log "postgres: starting cluster $ver/main"
     as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start \
@@ -160,8 +186,12 @@ else
 fi
 
 # Password-less TCP access for user postgres from localhost.
-if pg_trust_ok; then
+if [ "$PACKAGES_ONLY" = "1" ]; then
+    :
+elif pg_trust_ok; then
     log "postgres: trust auth for postgres@$PG_HOST ok"
+elif [ "$KEEP_CONFIG" = "1" ] && [ "$CREATED_CLUSTER" = "0" ]; then
+    log "postgres: no trust auth on the existing cluster at $PG_HOST:$PG_PORT; its configuration is left as it is"
 else
     ver=$(pg_cluster_ver)
     hba=/etc/postgresql/$ver/main/pg_hba.conf
@@ -191,11 +221,17 @@ else
     log "postgres: trust auth for postgres@$PG_HOST ok"
 fi
 
-# pg_dump must be at least the server's major version.
-server_num=$(pg_psql -qtAc 'show server_version_num' 2>/dev/null | tr -d '[:space:]') \
-    || die "could not query server_version_num"
-[[ "$server_num" =~ ^[0-9]+$ ]] || die "unexpected server_version_num: '$server_num'"
-server_major=$((server_num / 10000))
+# pg_dump must be at least the server's major version (packages only, without trust: the newest
+# installed server, the one a private cluster would run).
+if { [ "$PACKAGES_ONLY" = "1" ] || [ "$KEEP_CONFIG" = "1" ]; } && ! pg_trust_ok; then
+    server_major=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1)
+    [[ "$server_major" =~ ^[0-9]+$ ]] || die "no PostgreSQL server installation found under /usr/lib/postgresql"
+else
+    server_num=$(pg_psql -qtAc 'show server_version_num' 2>/dev/null | tr -d '[:space:]') \
+        || die "could not query server_version_num"
+    [[ "$server_num" =~ ^[0-9]+$ ]] || die "unexpected server_version_num: '$server_num'"
+    server_major=$((server_num / 10000))
+fi
 client_major() { pg_dump --version 2>/dev/null | grep -oE '[0-9]+' | head -1; }
 cmaj=$(client_major || true)
 if [ -z "$cmaj" ] || [ "$cmaj" -lt "$server_major" ]; then
@@ -208,7 +244,10 @@ log "postgres: server major $server_major, pg_dump major $cmaj ok"
 
 # ------------------------------------------------------------- 3. Redis --
 
-if redis_up; then
+if [ "$PACKAGES_ONLY" = "1" ]; then
+    redis_up && log "redis: answering on $REDIS_HOST:$REDIS_PORT" \
+        || log "redis: nothing on $REDIS_HOST:$REDIS_PORT; left alone (packages only)"
+elif redis_up; then
     log "redis: already running on $REDIS_HOST:$REDIS_PORT"
 else
     command -v redis-server >/dev/null 2>&1 || die "redis-server binary not found"

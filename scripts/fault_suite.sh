@@ -6,8 +6,8 @@
 #   scripts/fault_suite.sh --short    the counts CI runs inside `python -m pytest -q`
 #   scripts/fault_suite.sh -- -k kill extra pytest arguments after `--`
 #
-# It stops and restarts the shared Postgres and Redis a few times (always bringing them back), so run it
-# when no one else's tests depend on them. Exit status: pytest's.
+# The outage cases stop and restart a Postgres and a Redis that the session starts for itself on free ports
+# (tests/private_services.py); the machine's shared servers are never stopped. Exit status: pytest's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -239,17 +239,3 @@ def cli(env: dict, *args: str, timeout: float = 300, stdin: str | None = None) -
     return subprocess.run([sys.executable, "-m", "manage.rollback", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout, input=stdin)
 
-
-# tests/faults and tests/security stop and restart the shared Postgres and Redis; run them after every
-# other test so that no connection pool of another test is cut by one of their outages.
-_OUTAGE_SUITES = ("faults", "security")
-
-
-def pytest_collection_modifyitems(config, items):
-    tests_dir = Path(__file__).parent
-    outage_dirs = [tests_dir / name for name in _OUTAGE_SUITES]
-
-    def runs_outages(item) -> bool:
-        return any(d in Path(str(item.fspath)).parents for d in outage_dirs)
-
-    items[:] = [i for i in items if not runs_outages(i)] + [i for i in items if runs_outages(i)]

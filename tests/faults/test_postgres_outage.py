@@ -1,6 +1,6 @@
-"""Item 6: Postgres stops before, during and after `pg_restore`. The shared server is stopped with
-`pg_ctlcluster ... stop` and always started again in a finally block; the outages are short and, in
-the CI form, one per case (other sessions use this server too).
+"""Item 6: Postgres stops before, during and after `pg_restore`. The server is the session's private one
+(`private_postgres`: everything of these tests lives on it), stopped with `pg_ctl stop -m fast` (what
+`pg_ctlcluster ... stop` does) and always started again in a finally block.
 
 - before: the db step cannot connect; it fails, nothing after it runs, the live database is untouched;
 - during (swap, the default): pg_restore into `<db>__new_<txn>` dies with the server; the live database
@@ -27,9 +27,8 @@ from rollback.journal import Journal
 from rollback.lock import ServiceLock
 from tests import state
 from tests.faults import figures as F
-from tests.faults.conftest import (
-    COMPONENTS, build_scenario, ensure_postgres_up, journal_doc, postgres_down, previous_state_lost, stop_postgres,
-    wait_until)
+from tests.faults.conftest import COMPONENTS, build_scenario, journal_doc, previous_state_lost, wait_until
+from tests.faults.on_private_servers import celery_app, database_name, env, redis_db  # noqa: F401
 
 
 def _grow_database(settings, rows: int) -> None:
@@ -40,7 +39,9 @@ def _grow_database(settings, rows: int) -> None:
                      (rows,))
 
 
-def _pg_restore_running(marker: str) -> bool:
+def _pg_restore_running(dbname: str, strategy: str) -> bool:
+    """Our restore's pg_restore runs (other sessions on this machine may run theirs): swap restores into
+    `<db>__new_<txn>`, in-place runs `--clean` on `<db>` itself."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -48,7 +49,11 @@ def _pg_restore_running(marker: str) -> bool:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"pg_restore") and any(marker.encode() in a for a in argv):
+        if not argv or not argv[0].endswith(b"pg_restore"):
+            continue
+        if strategy == "swap" and any(a.startswith(f"{dbname}__new_".encode()) for a in argv):
+            return True
+        if strategy == "in-place" and b"--clean" in argv and dbname.encode() in argv:
             return True
     return False
 
@@ -86,11 +91,11 @@ def _runs(scenario, figures, name: str, reason: str):
         yield case, core.begin_restore(scenario.settings, scenario.good["id"], reason=reason)
 
 
-def test_postgres_down_before_pg_restore(outage_scenario, figures):
+def test_postgres_down_before_pg_restore(outage_scenario, figures, private_postgres):
     scenario, settings = outage_scenario, outage_scenario.settings
     for case, doc in _runs(scenario, figures, "Postgres down before pg_restore (db step)", "pg down before"):
         core.run_step(settings, doc["txn"], "preflight", doc["attempt"])  # needs no server
-        with postgres_down():
+        with private_postgres.down():
             with pytest.raises(StepFailed) as failed:
                 core.run_step(settings, doc["txn"], "db", doc["attempt"])
             # Later steps never run on an unfinished db step.
@@ -102,7 +107,7 @@ def test_postgres_down_before_pg_restore(outage_scenario, figures):
 
 
 @pytest.mark.parametrize("strategy", ["swap", "in-place"])
-def test_postgres_down_during_pg_restore(strategy, outage_scenario, figures):
+def test_postgres_down_during_pg_restore(strategy, outage_scenario, figures, private_postgres):
     """The server is restarted (down a few seconds) while pg_restore runs: the step fails cleanly, the live
     database is the one from before the step (in-place: its undo waits for the server), resume finishes."""
     scenario = outage_scenario
@@ -110,11 +115,11 @@ def test_postgres_down_during_pg_restore(strategy, outage_scenario, figures):
     for case, doc in _runs(scenario, figures, f"Postgres restarted during pg_restore ({strategy})",
                            f"pg down during ({strategy})"):
         txn = doc["txn"]
-        runner, errors = _start_and_stop_during_pg_restore(settings, txn, strategy)
+        runner, errors = _start_and_stop_during_pg_restore(private_postgres, settings, txn, strategy)
         try:
             time.sleep(3.0)
         finally:
-            ensure_postgres_up()
+            private_postgres.ensure_up()
             runner.join(180)
         assert not runner.is_alive()
         steps = Journal(settings.backup_dir).load(txn)["steps"]
@@ -126,7 +131,7 @@ def test_postgres_down_during_pg_restore(strategy, outage_scenario, figures):
         assert live_db == "bad", live_db  # untouched (or put back) before the resume
 
 
-def test_postgres_down_longer_than_the_in_place_undo_waits(outage_scenario, figures, monkeypatch):
+def test_postgres_down_longer_than_the_in_place_undo_waits(outage_scenario, figures, monkeypatch, private_postgres):
     """In-place, the server stays down past the undo's wait: the db step is `interrupted`, the transaction
     stays open and keeps the service (nothing runs on the half-restored database); resume puts it right."""
     from rollback.steps import db as db_step
@@ -137,7 +142,7 @@ def test_postgres_down_longer_than_the_in_place_undo_waits(outage_scenario, figu
     for case, doc in _runs(scenario, figures, "Postgres down past the in-place undo window",
                            "pg down long (in-place)"):
         txn = doc["txn"]
-        runner, errors = _start_and_stop_during_pg_restore(settings, txn, "in-place")
+        runner, errors = _start_and_stop_during_pg_restore(private_postgres, settings, txn, "in-place")
         try:
             runner.join(180)
             assert not runner.is_alive()
@@ -147,23 +152,23 @@ def test_postgres_down_longer_than_the_in_place_undo_waits(outage_scenario, figu
             assert ServiceLock(settings.backup_dir).active()["txn"] == txn  # still owns the service
             assert "resume" in str(errors[0]), errors
         finally:
-            ensure_postgres_up()
+            private_postgres.ensure_up()
         with pytest.raises(Exception):  # a second restore is refused while this one is open
             core.begin_restore(settings, scenario.good["id"], reason="while interrupted")
         how = _finish(scenario, txn)
         _check_final(scenario, txn, case, f"db step interrupted, service kept, {how}")
 
 
-def _start_and_stop_during_pg_restore(settings, txn: str, strategy: str):
+def _start_and_stop_during_pg_restore(server, settings, txn: str, strategy: str):
     """Run the rest of `txn` in the background and stop the server once its pg_restore runs."""
-    marker = "__new_" if strategy == "swap" else "--clean"
+    dbname = settings.database.dbname
     runner, errors = _in_background(settings, txn)
     try:
-        wait_until(lambda: _pg_restore_running(marker) or not runner.is_alive(), 120, 0.005, "pg_restore")
+        wait_until(lambda: _pg_restore_running(dbname, strategy) or not runner.is_alive(), 120, 0.005, "pg_restore")
         assert runner.is_alive(), f"the restore ended before pg_restore could be interrupted: {errors}"
-        stop_postgres()
+        server.stop()
     except BaseException:
-        ensure_postgres_up()
+        server.ensure_up()
         runner.join(180)
         raise
     return runner, errors
@@ -184,7 +189,7 @@ def _in_background(settings, txn: str) -> tuple[threading.Thread, list[BaseExcep
     return runner, errors
 
 
-def test_postgres_down_after_pg_restore(outage_scenario, figures):
+def test_postgres_down_after_pg_restore(outage_scenario, figures, private_postgres):
     scenario, settings = outage_scenario, outage_scenario.settings
     for case, doc in _runs(scenario, figures, "Postgres down after pg_restore (during the data step)",
                            "pg down after"):
@@ -193,10 +198,10 @@ def test_postgres_down_after_pg_restore(outage_scenario, figures):
         try:
             wait_until(lambda: (d := journal_doc(settings, txn))["steps"]["db"]["status"] == "ok" or
                        d["status"] in ("succeeded", "failed"), 120, 0.002, "the db step")
-            with postgres_down():
+            with private_postgres.down():
                 time.sleep(1.0)
         finally:
-            ensure_postgres_up()
+            private_postgres.ensure_up()
             runner.join(120)
         how = _finish(scenario, txn)
         if errors:

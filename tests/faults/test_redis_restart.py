@@ -1,5 +1,6 @@
 """Item 5: Redis (broker and result backend) restarts in the middle of a restore, with and without
-persistence. The restart uses the CI's own command line; the service is always brought back.
+persistence. The Redis is the session's private one (`private_redis`; the test database is on the private
+Postgres too), restarted with its own command line; it is always brought back.
 
 An operator starts the restore (`python -m manage.rollback restore`, which follows it through Celery);
 Redis restarts while a step runs (deterministically: the last step is held by a /readyz answering 503;
@@ -26,7 +27,8 @@ from rollback.lock import ServiceLock
 from tests.conftest import ROOT, cli
 from tests.faults import figures as F
 from tests.faults.conftest import (
-    COMPONENTS, build_scenario, journal_doc, previous_state_lost, process_env, restart_redis, wait_final, wait_until)
+    COMPONENTS, build_scenario, journal_doc, previous_state_lost, process_env, wait_final, wait_until)
+from tests.faults.on_private_servers import celery_app, database_name, env, redis_db  # noqa: F401
 
 _EVENT = re.compile(r"ROLLBACK id=(?P<txn>\S+) step=(?P<step>\w+) status=(?P<status>\w+)")
 
@@ -106,13 +108,21 @@ def _wait_for_a_worker(env, case, timeout: float = 60) -> None:
         case.note(f"the worker answered again {time.monotonic() - t0:.0f}s after the previous round")
 
 
-def _admitted(settings, reason: str) -> dict:
-    return wait_until(lambda: next((d for d in Journal(settings.backup_dir).all() if d.get("reason") == reason), None),
-                      60, 0.01, "the restore to be admitted")
+def _admitted(settings, reason: str, follower: subprocess.Popen) -> dict:
+    def admitted():
+        return next((d for d in Journal(settings.backup_dir).all() if d.get("reason") == reason), None)
+
+    doc = wait_until(lambda: admitted() or follower.poll() is not None, 60, 0.01, "the restore to be admitted")
+    if doc is True:  # the CLI ended: admitted just before, or refused
+        doc = admitted()
+    if not doc:
+        _out, err = follower.communicate()
+        raise AssertionError(f"the restore was not admitted: cli exit {follower.returncode}: {err.strip()[-1500:]}")
+    return doc
 
 
 @pytest.mark.parametrize("persist", [False, True], ids=["without-persistence", "with-persistence"])
-def test_redis_restarts_mid_restore(persist, settings, live_env, workers, gate, figures):
+def test_redis_restarts_mid_restore(persist, settings, live_env, workers, gate, figures, private_redis):
     rng = random.Random()
     scenario = build_scenario(settings, big_mib=24)
     env = dict(live_env, READYZ_URL=gate.url, ROLLBACK_READY_TIMEOUT_SEC="120", ROLLBACK_READY_INTERVAL_SEC="0.2")
@@ -127,12 +137,12 @@ def test_redis_restarts_mid_restore(persist, settings, live_env, workers, gate, 
         reason = f"redis restart {time.monotonic_ns()}"
         follower = _start_follower(env, scenario.good["id"], reason)
         try:
-            txn = _admitted(settings, reason)["txn"]
+            txn = _admitted(settings, reason, follower)["txn"]
             wait_until(lambda: (d := journal_doc(settings, txn)) and (
                 d["steps"][step]["status"] != "pending" or d["status"] in ("succeeded", "failed")), 90, 0.002,
                 f"step {step}")
             where = journal_doc(settings, txn).get("current_step") or "between steps"
-            restart_redis(persist)
+            private_redis.restart(persist)
             gate.open()
             try:
                 _out, err = follower.communicate(timeout=150)
@@ -158,7 +168,8 @@ def test_redis_restarts_mid_restore(persist, settings, live_env, workers, gate, 
         assert cli_result != "cli HUNG"
 
 
-def test_a_redis_restart_neither_fails_the_restore_nor_crashes_its_follower(settings, live_env, workers, gate):
+def test_a_redis_restart_neither_fails_the_restore_nor_crashes_its_follower(settings, live_env, workers, gate,
+                                                                            private_redis):
     scenario = build_scenario(settings)
     env = dict(live_env, READYZ_URL=gate.url, ROLLBACK_READY_TIMEOUT_SEC="120", ROLLBACK_READY_INTERVAL_SEC="0.2")
     workers.start(env)
@@ -166,10 +177,10 @@ def test_a_redis_restart_neither_fails_the_restore_nor_crashes_its_follower(sett
     reason = f"redis blip {time.monotonic_ns()}"
     follower = _start_follower(env, scenario.good["id"], reason)
     try:
-        txn = _admitted(settings, reason)["txn"]
+        txn = _admitted(settings, reason, follower)["txn"]
         wait_until(lambda: journal_doc(settings, txn)["steps"]["readyz"]["status"] == "running", 90, 0.01, "readyz")
         time.sleep(0.5)
-        restart_redis(persist=True)
+        private_redis.restart(persist=True)
         gate.open()
         _out, err = follower.communicate(timeout=150)
         final = _settle(settings, txn)
