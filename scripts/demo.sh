@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Demo of the main job on local Postgres + Redis, from a fresh machine:
-#   set up -> app v1 running -> deploy hook "pre" (snapshot + warm standby) -> a bad deploy that breaks
-#   /readyz -> deploy hook "post" (canary) -> automatic rollback -> fingerprint equal again.
+#   set up -> a Flask-Migrate blog (examples/blog) served by gunicorn -> deploy hook "pre" (check, snapshot,
+#   warm standby) -> a bad deploy (migration, code, data) that the app's own /readyz rejects -> deploy hook
+#   "post" (canary) -> automatic rollback, the app restarted -> the same pages served, fingerprint equal again.
 # Everything it creates lives in ./demo-state and the database rollback_demo (re-created each run).
 # DEMO_KEEP=1 keeps the web console (/admin/rollback) and the worker running at the end.
 #
@@ -136,107 +137,132 @@ for old in $("${PSQL[@]}" -d postgres -c "select datname from pg_database where 
 done
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE \"$DB\""
 
-export DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$DB"
+PY=$(command -v python || command -v python3)
+APP_PORT=$(free_port "${DEMO_APP_PORT:-5078}")
+APP_URL="http://127.0.0.1:$APP_PORT"
+mkdir -p "$STATE/run"
+
+# The protected app: examples/blog (Flask-SQLAlchemy, Flask-Migrate's own layout, psycopg2, the two lines of
+# rollback.flask), checked out as a git repo of its own and served by gunicorn, as its owner would run it.
+# The service's settings are the ones docs/quickstart.md names.
+export DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$DB"          # psycopg2: the app's own driver
 export DATA_BASE_DIR="$STATE/data" BACKUP_DIR="$STATE/backup" LOG_DIR="$STATE/logs"
-export APP_REPO_DIR="$STATE/app" ALEMBIC_CONFIG="$STATE/app/alembic.ini"
-export READYZ_URL="http://127.0.0.1:$PORT/readyz" PORT
+export APP_REPO_DIR="$STATE/app" ALEMBIC_CONFIG="$STATE/app/migrations/alembic.ini"
+export ALEMBIC_COMMAND="$PY -m flask --app blog db"
+export APP_RESTART_COMMAND="kill -HUP \$(cat $STATE/run/app.pid)"
+export READYZ_URL="$APP_URL/readyz" READYZ_TABLES=users:3,posts:1 PORT
 export CELERY_BROKER_URL=$REDIS_URL CELERY_RESULT_BACKEND=$REDIS_URL
 export ROLLBACK_READY_TIMEOUT_SEC=6 ROLLBACK_READY_INTERVAL_SEC=0.5
-# The console and the API (web/), loopback only by default; /readyz also checks users.json and the tables.
+# The service's console and API (web/), loopback only by default.
 export ROLLBACK_ADMIN_USER=admin ROLLBACK_ADMIN_PASSWORD=${DEMO_ADMIN_PASSWORD:-demo-password}
-SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')
-ROLLBACK_API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')
-export SECRET_KEY ROLLBACK_API_TOKEN READYZ_TABLES=users:1,trips
+SECRET_KEY=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
+ROLLBACK_API_TOKEN=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')
+export SECRET_KEY ROLLBACK_API_TOKEN
+# The app imports rollback.flask: in production `pip install` of this repository into the app's virtualenv;
+# here the app shares this interpreter, so the checkout is put on its path.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+GIT=(git -C "$APP_REPO_DIR" -c user.email=demo@example.com -c user.name=demo)
 
-# The protected app: this repo's alembic.ini + migrations, in a git repo of its own.
-cp alembic.ini "$APP_REPO_DIR/"
-cp -r migrations "$APP_REPO_DIR/"
+cp -r examples/blog/. "$APP_REPO_DIR/"
 find "$APP_REPO_DIR" -name __pycache__ -prune -exec rm -rf {} +
-git -C "$APP_REPO_DIR" init -q -b main
-git -C "$APP_REPO_DIR" -c user.email=demo@example.com -c user.name=demo add -A
-git -C "$APP_REPO_DIR" -c user.email=demo@example.com -c user.name=demo commit -qm "app v1"
-python -m alembic -c "$ALEMBIC_CONFIG" upgrade head 2>/dev/null
-"${PSQL[@]}" -d "$DB" -c "insert into users (email, name) select 'user'||i||'@example.com', 'User '||i from generate_series(1, 1000) i"
-"${PSQL[@]}" -d "$DB" -c "insert into trips (user_id, title, plan) select i, 'Trip '||i, jsonb_build_object('days', i % 7) from generate_series(1, 1000) i"
-echo '[{"id": 1, "name": "Aiko"}]' > "$DATA_BASE_DIR/users.json"
-echo "京都 → 大阪" > "$DATA_BASE_DIR/uploads/旅行メモ.txt"
+"${GIT[@]}" init -q -b main && "${GIT[@]}" add -A && "${GIT[@]}" commit -qm "blog v1"
+(cd "$APP_REPO_DIR" && "$PY" -m flask --app blog db upgrade 2>&1 | tail -n 1)
+"${PSQL[@]}" -d "$DB" -c "insert into users (email, name, bio) values
+  ('aiko@example.com', 'Aiko Tanaka', 'Writes about night trains.'), ('ben@example.com', 'Ben Okafor', null),
+  ('chloe@example.com', 'Chloé Martin', 'Café notes from Lyon.')"
+"${PSQL[@]}" -d "$DB" -c "insert into posts (user_id, title, body) values (1, 'Sleeper to Sapporo', 'Twelve hours, one bento.'),
+  (2, 'Why I keep backups', 'Because deploys happen.'), (3, 'Best croissant in Lyon', 'A short list.')"
+mkdir -p "$DATA_BASE_DIR/uploads/notes"
+echo '[{"id": 1, "name": "Aiko Tanaka"}, {"id": 2, "name": "Ben Okafor"}, {"id": 3, "name": "Chloé Martin"}]' \
+  > "$DATA_BASE_DIR/users.json"
+echo "京都: bring an umbrella." > "$DATA_BASE_DIR/uploads/notes/kyoto.txt"
 head -c 2000000 /dev/urandom > "$DATA_BASE_DIR/uploads/photo.bin"
-ln -s users.json "$DATA_BASE_DIR/current.json"
 
-say "Starting the web app (:$PORT) and a Celery worker"
-python -m flask --app "web:create_app()" run --port "$PORT" >"$STATE/logs/web.log" 2>&1 &
+say "Starting the blog under gunicorn ($APP_URL), the rollback worker and its console (:$PORT)"
+(cd "$APP_REPO_DIR" && exec "$PY" -m gunicorn --bind "127.0.0.1:$APP_PORT" --workers 2 --pid "$STATE/run/app.pid" \
+  "blog:create_app()" >"$STATE/logs/app.log" 2>&1) &
+APP=$!
+"$PY" -m flask --app "web:create_app()" run --port "$PORT" >"$STATE/logs/web.log" 2>&1 &
 WEB=$!
-python -m celery -A tasks worker --pool solo --concurrency 1 --loglevel INFO >"$STATE/logs/worker.log" 2>&1 &
+"$PY" -m celery -A tasks worker --pool solo --concurrency 1 --loglevel INFO >"$STATE/logs/worker.log" 2>&1 &
 WORKER=$!
+WEB="$WEB $APP"
 for _ in $(seq 60); do curl -fsS "$READYZ_URL" >/dev/null 2>&1 && break; sleep 0.5; done
 for _ in $(seq 60); do grep -q " ready." "$STATE/logs/worker.log" && break; sleep 0.5; done
-curl -fsS "$READYZ_URL"; echo
+echo "the app's own /readyz:"; curl -fsS "$READYZ_URL"; echo
 
-say "State of app v1"
-python -m manage.rollback fingerprint | tee "$STATE/before.txt"
+pages() {  # each page: path, HTTP status, digest of the whole body, its text without markup
+  for path in / /users/1 /users/3 /uploads/notes/kyoto.txt; do
+    body=$(curl -s -w '\n%{http_code}' "$APP_URL$path")
+    page=${body%$'\n'*}
+    printf '%-26s HTTP %s  sha256 %s  %s\n' "$path" "${body##*$'\n'}" "$(printf '%s' "$page" | sha256sum | cut -c1-12)" \
+      "$(printf '%s' "$page" | sed -e 's/<[^>]*>/ /g' | tr -s ' \n' ' ' | cut -c1-160)"
+  done
+}
 
-say "Deploy hook, before the deploy: snapshot through the worker"
+say "Blog v1: its pages, and the fingerprint of its state"
+pages | tee "$STATE/pages-before.txt"
+"$PY" -m manage.rollback fingerprint > "$STATE/before.txt"
+
+say "Deploy hook, before the deploy: check the configuration, snapshot through the worker"
 bash scripts/deploy_hook.sh pre --deploy-id demo-1
-python -m manage.rollback list
+"$PY" -m manage.rollback list
 for _ in $(seq 60); do [ -f "$BACKUP_DIR/standby.json" ] && break; sleep 0.5; done
 [ -f "$BACKUP_DIR/standby.json" ] && echo "warm standby of the snapshot prepared in the background"
 
-say "A bad deploy: new commit with a migration, rows changed, files changed"
-cat > "$APP_REPO_DIR/migrations/versions/0003_bad.py" <<'PY'
-"""bad deploy: adds a column and a table
+say "A bad deploy: a migration renames users.name and rewrites rows, the code follows, files are damaged"
+cat > "$APP_REPO_DIR/migrations/versions/c2e8f0a4d6b3_display_names.py" <<'PY'
+"""rename users.name to display_name, shout it
 
-Revision ID: 0003_bad
-Revises: 0002_trips
+Revision ID: c2e8f0a4d6b3
+Revises: 9a7f3b5c2e14
 """
-import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_bad"
-down_revision = "0002_trips"
+revision = 'c2e8f0a4d6b3'
+down_revision = '9a7f3b5c2e14'
 branch_labels = None
 depends_on = None
 
 
 def upgrade():
-    op.add_column("users", sa.Column("nickname", sa.String(50)))
-    op.create_table("audit_events", sa.Column("id", sa.Integer, primary_key=True))
+    op.alter_column('users', 'name', new_column_name='display_name')
+    op.execute("update users set display_name = upper(display_name)")
 
 
 def downgrade():
-    op.drop_table("audit_events")
-    op.drop_column("users", "nickname")
+    op.alter_column('users', 'display_name', new_column_name='name')
 PY
-git -C "$APP_REPO_DIR" -c user.email=demo@example.com -c user.name=demo add -A
-git -C "$APP_REPO_DIR" -c user.email=demo@example.com -c user.name=demo commit -qm "app v2 (bad)"
-python -m alembic -c "$ALEMBIC_CONFIG" upgrade head 2>/dev/null
-"${PSQL[@]}" -d "$DB" -c "update users set name = 'oops' where id <= 100; delete from trips where id > 900"
-echo "garbage" > "$DATA_BASE_DIR/users.json"
+sed -i 's/    name = db.Column(/    name = db.Column("display_name", /' "$APP_REPO_DIR/blog/models.py"
+"${GIT[@]}" add -A && "${GIT[@]}" commit -qm "blog v2: display names (bad)"
+(cd "$APP_REPO_DIR" && "$PY" -m flask --app blog db upgrade 2>&1 | tail -n 1)
+sh -c "$APP_RESTART_COMMAND"
+echo '{"users": [{"id": 1, "display_n' > "$DATA_BASE_DIR/users.json"   # cut off mid-write
 rm "$DATA_BASE_DIR/uploads/photo.bin"
-python -m manage.rollback fingerprint | tee "$STATE/broken.txt"
-
-say "The app is broken: /readyz"
+sleep 2
+pages | tee "$STATE/pages-broken.txt"
+say "The blog is not ready: its own /readyz"
 curl -sS "$READYZ_URL"; echo
 
-say "Deploy hook, after the deploy: the canary sees /readyz failing and rolls back by itself"
+say "Deploy hook, after the deploy: the canary sees the app not ready and rolls back by itself"
 rc=0
 bash scripts/deploy_hook.sh post --deploy-id demo-1 || rc=$?
-[ "$rc" -eq 1 ] || { say "FAILED: expected the canary to report 'not ready' (exit 1), got $rc"; exit 1; }
-python -m manage.rollback status
-curl -fsS "$READYZ_URL"; echo
+[ "$rc" -eq 1 ] || die "expected the canary to report 'not ready' (exit 1), got $rc"
+"$PY" -m manage.rollback status
 
-say "State after the restore"
-python -m manage.rollback fingerprint | tee "$STATE/after.txt"
+say "The running blog after the rollback (same gunicorn master, restarted workers)"
+pages | tee "$STATE/pages-after.txt"
+curl -fsS "$READYZ_URL"; echo
+"$PY" -m manage.rollback fingerprint > "$STATE/after.txt"
 echo
-grep -E "CANARY|step=restore|status=ok" "$LOG_DIR/rollback.log" | tail -n 12
-if diff -u "$STATE/before.txt" "$STATE/after.txt"; then
-  say "OK: code, Alembic revision, schema, rows and data directory are exactly as before the deploy"
-else
-  say "FAILED: the state after the restore differs from the state before the deploy"; exit 1
-fi
+grep -E "CANARY|step=restart|step=restore" "$LOG_DIR/rollback.log" | tail -n 8
+diff -u "$STATE/pages-before.txt" "$STATE/pages-after.txt" || die "the blog's pages differ from before the deploy"
+diff -u "$STATE/before.txt" "$STATE/after.txt" || die "the state after the restore differs from the state before the deploy"
+say "OK: the running blog serves its original pages; code, Alembic revision, schema, rows and data directory are exactly as before the deploy"
 if [ "${DEMO_KEEP:-0}" = "1" ]; then
-  say "Console: http://127.0.0.1:$PORT/admin/rollback/ (user admin, password $ROLLBACK_ADMIN_PASSWORD); Ctrl-C stops"
+  say "Blog: $APP_URL/   Console: http://127.0.0.1:$PORT/admin/rollback/ (user admin, password $ROLLBACK_ADMIN_PASSWORD); Ctrl-C stops"
   echo "API:  curl -X POST -H 'Authorization: Bearer $ROLLBACK_API_TOKEN' -H 'Content-Type: application/json' \\"
-  echo "        -d '{\"snapshot_id\": \"latest\", \"reason\": \"demo\"}' http://127.0.0.1:$PORT/admin/rollback/api/restore"
+  echo "        -d '{\"snapshot_id\": \"latest\"}' http://127.0.0.1:$PORT/admin/rollback/api/restore"
   print_how_to_stop
-  wait $WEB
+  wait $APP
 fi

@@ -1,4 +1,4 @@
-"""The protected app of these tests, for real: tests/app_fixture copied into a git repo, migrated with
+"""The protected app of these tests, for real: examples/blog copied into a git repo, migrated with
 `flask db upgrade`, seeded, and served by a gunicorn master with two workers whose code is the checkout."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import psycopg
 from tests.conftest import git
 from tests.e2e.helpers import operator_env, wait_for
 
-FIXTURE = Path(__file__).resolve().parents[1] / "app_fixture"
+FIXTURE = Path(__file__).resolve().parents[2] / "examples" / "blog"
 PAGES = ("/", "/users/1", "/users/2", "/uploads/avatar-aiko.png", "/uploads/notes/kyoto.txt")
 USERS = [("aiko@example.com", "Aiko Tanaka", "Writes about night trains."),
          ("ben@example.com", "Ben Okafor", None),

@@ -1,7 +1,7 @@
-"""Fixtures of the app end-to-end tests: the blog (tests/app_fixture) served by a real gunicorn, the
+"""Fixtures of the app end-to-end tests: the blog (examples/blog) served by a real gunicorn, the
 rollback service's environment pointing at it, and the worker started from the Procfile's own line.
 
-tests/app_fixture holds the protected app's source, not tests: no file there is named like a test module
+examples/blog holds the protected app's source, not tests: no file there is named like a test module
 (test_*.py, *_test.py) and it has no conftest.py, so pytest collects nothing from it and never puts it on
 sys.path.
 """
