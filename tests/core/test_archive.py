@@ -1,4 +1,4 @@
-"""rollback.archive and the fsutil helpers it uses: real GNU tar, hostile archives built with tarfile."""
+"""rollback.archive, proc.stream and the fsutil helpers they use: real GNU tar, hostile archives built with tarfile."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import io
 import os
 import stat
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
-from rollback import archive
+from rollback import proc
 from rollback.archive import (
     CODECS,
     DEFAULT_EXCLUDES,
@@ -22,7 +23,9 @@ from rollback.archive import (
     extract_archive,
     scan_archive,
 )
-from rollback.errors import CommandFailed, IntegrityError, UnsafeArchive
+from rollback.archive import create as archive_create
+from rollback.archive import extract as archive_extract
+from rollback.errors import CommandFailed, IntegrityError, RollbackError, UnsafeArchive
 from rollback.fsutil import HashingWriter, atomic_write_bytes, fsync_tree, sha256_file
 
 MiB = 1 << 20
@@ -123,16 +126,15 @@ def tree(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- round trip
 
 
-@pytest.mark.parametrize("engine", ["tar", "python"])
 @pytest.mark.parametrize("codec", ["gzip", "zstd"])
-def test_round_trip_preserves_tree(tmp_path: Path, tree: Path, codec: str, engine: str):
+def test_round_trip_preserves_tree(tmp_path: Path, tree: Path, codec: str):
     seen = []
     archive = tmp_path / f"data{CODECS[codec]}"
     info = create_archive(tree, archive, codec=codec, progress=seen.append)
     assert info.codec == codec
     dest = tmp_path / "out"
     written = []
-    extract(archive, dest, progress=written.append, engine=engine)
+    extract(archive, dest, progress=written.append)
 
     assert entries(dest) == entries(tree)
     assert stat.S_IMODE((dest / "private.txt").stat().st_mode) == 0o640
@@ -143,8 +145,8 @@ def test_round_trip_preserves_tree(tmp_path: Path, tree: Path, codec: str, engin
     assert (dest / "empty").is_dir() and not any((dest / "empty").iterdir())
     assert stat.S_IMODE(dest.stat().st_mode) == stat.S_IMODE(tree.stat().st_mode)
     assert seen and seen[-1] == info.tar_bytes and seen == sorted(seen)
-    # progress counts uncompressed file bytes (python) or compressed bytes fed to tar (tar)
-    assert written[-1] == (info.size if engine == "tar" else scan_archive(archive, max_bytes=info.tar_bytes).total_bytes)
+    # progress counts the compressed bytes fed to tar
+    assert written[-1] == info.size
     os.chmod(dest / "readonly", 0o755)
 
 
@@ -202,7 +204,7 @@ def test_enospc_while_writing_propagates_and_removes_partial(tmp_path: Path, tre
                 raise OSError(errno.ENOSPC, "No space left on device")
             return super().write(data)
 
-    monkeypatch.setattr(archive, "HashingWriter", FullDisk)
+    monkeypatch.setattr(archive_create, "HashingWriter", FullDisk)
     dest = tmp_path / "data.tar.gz"
     with pytest.raises(OSError) as err:
         create_archive(tree, dest, gzip_level=0)
@@ -211,9 +213,10 @@ def test_enospc_while_writing_propagates_and_removes_partial(tmp_path: Path, tre
 
 
 def test_command_timeout_kills_the_process():
+    started = time.monotonic()
     with pytest.raises(CommandFailed, match="timed out"):
-        with archive._tar_process(["sleep", "5"], timeout=0.2) as proc:
-            proc.stdout.read()
+        proc.stream(["sleep", "5"], stdout=lambda chunk: None, timeout=0.2)
+    assert time.monotonic() - started < 4
 
 
 # --------------------------------------------------------------------------- extract failures
@@ -335,12 +338,8 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("with_scan", [True, False], ids=["scan", "python-extractor-only"])
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_archive_is_refused(tmp_path: Path, monkeypatch, case: str, with_scan: bool):
-    if not with_scan:
-        # The extraction loop must refuse on its own, even if the pre-scan were skipped.
-        monkeypatch.setattr(archive, "_scan", lambda *a, **k: None)
+def test_hostile_archive_is_refused(tmp_path: Path, case: str):
     work = tmp_path / "work"
     work.mkdir()
     path = work / "evil.tar.gz"
@@ -348,12 +347,34 @@ def test_hostile_archive_is_refused(tmp_path: Path, monkeypatch, case: str, with
     before = all_paths(tmp_path)
     dest = work / "dest"
     with pytest.raises(UnsafeArchive):
-        extract(path, dest, max_bytes=1000, engine="tar" if with_scan else "python")
+        extract(path, dest, max_bytes=1000)
     assert not dest.exists()
     assert all_paths(tmp_path) == before
-    if with_scan:
-        with pytest.raises(UnsafeArchive):
-            scan_archive(path, max_bytes=1000)
+    with pytest.raises(UnsafeArchive):
+        scan_archive(path, max_bytes=1000)
+
+
+def test_archive_changed_after_the_scan_is_discarded(tmp_path: Path, monkeypatch):
+    """GNU tar extracts what it is fed, not what was scanned: the second hash is what ties the two."""
+    scanned = gzip.compress(tar_bytes([member("f", data=b"scanned")]), compresslevel=0, mtime=0)
+    swapped = gzip.compress(tar_bytes([member("f", data=b"swapped")]), compresslevel=0, mtime=0)
+    assert len(scanned) == len(swapped) and scanned != swapped
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(scanned)
+    real_scan = archive_extract._scan
+
+    def scan_then_rewrite(*args, **kwargs):
+        report = real_scan(*args, **kwargs)
+        with open(path, "r+b") as f:  # same inode, same size: only the content differs
+            f.write(swapped)
+        return report
+
+    monkeypatch.setattr(archive_extract, "_scan", scan_then_rewrite)
+    dest = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="changed during extraction"):
+        extract_archive(path, dest, expected_sha256=hashlib.sha256(scanned).hexdigest(),
+                        expected_size=len(scanned), max_bytes=MiB)
+    assert not dest.exists()
 
 
 def test_member_limit(tmp_path: Path):
@@ -364,8 +385,7 @@ def test_member_limit(tmp_path: Path):
         scan_archive(path, max_bytes=10, max_members=4)
 
 
-@pytest.mark.parametrize("engine", ["tar", "python"])
-def test_benign_tricky_archive_is_accepted(tmp_path: Path, engine: str):
+def test_benign_tricky_archive_is_accepted(tmp_path: Path):
     """Things that look odd but stay inside: '..' inside a symlink, implied parents, repeated dirs."""
     path = tmp_path / "ok.tar.gz"
     make_tgz(path, [
@@ -377,12 +397,69 @@ def test_benign_tricky_archive_is_accepted(tmp_path: Path, engine: str):
         member("d/h", tarfile.LNKTYPE, link="d/e/f"),
     ])
     dest = tmp_path / "out"
-    extract(path, dest, engine=engine)
+    extract(path, dest)
     assert (dest / "d" / "up").read_bytes() == b"f"
     assert (dest / "d" / "h").stat().st_ino == (dest / "d" / "e" / "f").stat().st_ino
-    # A repeated directory entry: our extractor applies the last mode, GNU tar the first. GNU tar
-    # never writes such archives itself; either way the mode comes from the archive.
-    assert stat.S_IMODE((dest / "d").stat().st_mode) == (0o700 if engine == "python" else 0o750)
+    # A repeated directory entry: GNU tar applies the first mode. It never writes such archives
+    # itself; either way the mode comes from the archive.
+    assert stat.S_IMODE((dest / "d").stat().st_mode) == 0o750
+
+
+# --------------------------------------------------------------------------- proc.stream
+
+
+def test_stream_feeds_stdin_and_reads_stdout_at_once():
+    """Both ends piped with more than a pipe buffer each way: a single thread would deadlock."""
+    data = os.urandom(3 * MiB)
+    out = io.BytesIO()
+    seen = []
+    moved = proc.stream(["cat"], stdin=io.BytesIO(data), stdout=out, progress=seen.append, timeout=60)
+    assert out.getvalue() == data
+    assert moved == 2 * len(data) == seen[-1] and seen == sorted(seen)
+
+
+def test_stream_takes_a_chunk_producer_and_a_callback():
+    chunks = []
+    proc.stream(["tr", "a-z", "A-Z"], stdin=(part for part in (b"abc", b"def")), stdout=chunks.append)
+    assert b"".join(chunks) == b"ABCDEF"
+
+
+def test_stream_child_that_stops_reading_is_judged_by_its_exit_status():
+    out = io.BytesIO()
+    proc.stream(["head", "-c", "3"], stdin=io.BytesIO(os.urandom(4 * MiB)), stdout=out)
+    assert len(out.getvalue()) == 3
+    with pytest.raises(CommandFailed) as err:
+        proc.stream(["sh", "-c", "head -c 1 >/dev/null; echo refused >&2; exit 3"],
+                    stdin=io.BytesIO(os.urandom(4 * MiB)))
+    assert err.value.returncode == 3 and "refused" in err.value.message
+
+
+def test_stream_keeps_the_tail_of_a_long_stderr():
+    script = "i=0; while [ $i -lt 20000 ]; do echo noise $i >&2; i=$((i+1)); done; echo the-cause >&2; exit 2"
+    with pytest.raises(CommandFailed) as err:
+        proc.stream(["sh", "-c", script], stdout=lambda chunk: None)
+    assert len(err.value.stderr) <= proc.STDERR_TAIL and err.value.stderr.endswith("the-cause\n")
+    assert "the-cause" in err.value.message
+
+
+def test_stream_kills_the_child_when_the_consumer_fails(tmp_path: Path):
+    pid_file = tmp_path / "pid"
+
+    def refuse(chunk: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    started = time.monotonic()
+    with pytest.raises(OSError) as err:  # the child would sleep on for a minute unless killed
+        proc.stream(["sh", "-c", f"echo $$ > {pid_file}; head -c {2 * MiB} /dev/zero; exec sleep 60"],
+                    stdout=refuse)
+    assert err.value.errno == errno.ENOSPC and not isinstance(err.value, CommandFailed)
+    assert time.monotonic() - started < 30
+    assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()
+
+
+def test_stream_missing_command_is_one_clear_line():
+    with pytest.raises(RollbackError, match="no-such-command-here: command not found"):
+        proc.stream(["no-such-command-here"], stdout=lambda chunk: None)
 
 
 # --------------------------------------------------------------------------- fsutil
