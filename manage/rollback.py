@@ -1,8 +1,8 @@
 """Operator CLI: `python -m manage.rollback check|snapshot|list|show|verify|restore|status|resume|prune|standby|canary|fingerprint`.
 
 By default work is sent to the Celery worker and followed live; `--local` runs the same core
-steps in this process (the fallback when Redis is down). Exit codes: 0 success, 1 failed,
-2 bad input, 3 another snapshot/restore holds the lock.
+steps in this process (the fallback when Redis is down). Exit codes (manage/exit_codes.py): 0 success,
+1 failed, 2 bad input, 3 another snapshot/restore holds the lock.
 """
 
 from __future__ import annotations
@@ -14,18 +14,13 @@ import time
 from typing import Sequence
 
 from rollback import logbook
-from rollback import manifest as manifest_mod
-from rollback.errors import ConfigError, RollbackError
+from rollback.errors import LockHeld, RollbackError
 from rollback.ids import validate_snapshot_id, validate_txn_id
-from rollback.journal import RESTORE_STEPS, Journal, is_success
+from rollback.journal import FINAL_STATES, RESTORE_STEPS, Journal, StepState, TxnStatus, is_success, steps_left
 from rollback.manifest import Manifest
 from rollback.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 0, 1, 2, 3
-
-
-class UsageError(RollbackError):
-    exit_code = EXIT_BAD_INPUT
+from .exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
 
 
 class Printer:
@@ -167,7 +162,7 @@ def cmd_snapshot(settings: Settings, args, out: Printer) -> int:
 
 
 def cmd_list(settings: Settings, args, out: Printer) -> int:
-    entries = list(reversed(Manifest(settings.backup_dir).entries()))
+    entries = list(reversed(Manifest.for_settings(settings).entries()))
     if args.json:
         return _print_json(entries)
     if not entries:
@@ -183,7 +178,7 @@ def cmd_list(settings: Settings, args, out: Printer) -> int:
 
 
 def cmd_show(settings: Settings, args, out: Printer) -> int:
-    entry = Manifest(settings.backup_dir).resolve(validate_snapshot_id(args.snapshot_id, allow_latest=True))
+    entry = Manifest.for_settings(settings).resolve(validate_snapshot_id(args.snapshot_id, allow_latest=True))
     if args.json:
         return _print_json(entry)
     print(json.dumps(entry, indent=2, ensure_ascii=False))
@@ -193,8 +188,7 @@ def cmd_show(settings: Settings, args, out: Printer) -> int:
 def cmd_verify(settings: Settings, args, out: Printer) -> int:
     from rollback.verify import verify_snapshot
 
-    report = verify_snapshot(settings, validate_snapshot_id(args.snapshot_id, allow_latest=True),
-                             progress=lambda d, t, m: out("verify", d, t, m))
+    report = verify_snapshot(settings, validate_snapshot_id(args.snapshot_id, allow_latest=True), progress=out)
     if args.json:
         return _print_json(report)
     print(f"snapshot {report['id']} verified:")
@@ -205,7 +199,7 @@ def cmd_verify(settings: Settings, args, out: Printer) -> int:
 
 def cmd_restore(settings: Settings, args, out: Printer) -> int:
     ref = validate_snapshot_id(args.snapshot, allow_latest=True)
-    entry = Manifest(settings.backup_dir).resolve(ref)
+    entry = Manifest.for_settings(settings).resolve(ref)
     if not args.yes:
         _confirm(settings, entry)
     if args.local:
@@ -239,8 +233,7 @@ def cmd_resume(settings: Settings, args, out: Printer) -> int:
         return _finish_local(settings, txn, args, out)
     from tasks.restore import send_canvas
 
-    steps = [s for s in RESTORE_STEPS if doc["steps"][s]["status"] != "ok"]
-    result = send_canvas(settings, txn, doc["attempt"], steps)
+    result = send_canvas(settings, txn, doc["attempt"], steps_left(doc))
     return _follow_restore(settings, txn, result, args, out)
 
 
@@ -259,7 +252,7 @@ def cmd_status(settings: Settings, args, out: Printer) -> int:
     if args.json:
         return _print_json(summary)
     _print_summary(summary)
-    return EXIT_OK if summary["status"] != "failed" else EXIT_FAILED
+    return EXIT_FAILED if summary["status"] == TxnStatus.FAILED else EXIT_OK
 
 
 def cmd_prune(settings: Settings, args, out: Printer) -> int:
@@ -276,8 +269,8 @@ def cmd_prune(settings: Settings, args, out: Printer) -> int:
 def cmd_standby(settings: Settings, args, out: Printer) -> int:
     from rollback.standby import prepare_standby
 
-    entry = Manifest(settings.backup_dir).resolve(validate_snapshot_id(args.snapshot_id, allow_latest=True))
-    record = prepare_standby(settings, entry["id"], progress=lambda d, t, m: out("standby", d, t, m))
+    entry = Manifest.for_settings(settings).resolve(validate_snapshot_id(args.snapshot_id, allow_latest=True))
+    record = prepare_standby(settings, entry["id"], progress=out)
     if args.json:
         return _print_json(record)
     print(f"warm standby of {record['snapshot_id']} ready: database {record['database']}, tree {record['tree']}")
@@ -404,8 +397,6 @@ JOURNAL_STALL_SEC = 600.0
 
 def _follow_journal(settings: Settings, txn: str, out: Printer, poll: float = 0.5) -> None:
     """Wait until the journal of `txn` is final, printing each step as it ends."""
-    from rollback.journal import FINAL_STATES
-
     journal, shown, last_change, last_seen = Journal(settings.backup_dir), {}, time.monotonic(), None
     while True:
         doc = journal.load(txn)
@@ -413,7 +404,7 @@ def _follow_journal(settings: Settings, txn: str, out: Printer, poll: float = 0.
             last_seen, last_change = doc.get("updated_at"), time.monotonic()
         for step in RESTORE_STEPS:
             status = doc["steps"][step]["status"]
-            if status != "pending" and shown.get(step) != status:
+            if status != StepState.PENDING and shown.get(step) != status:
                 shown[step] = status
                 out.line(f"  [{step:<9}] {status}")
         if doc["status"] in FINAL_STATES:
@@ -517,15 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     code, error = EXIT_FAILED, None
     try:
         settings = Settings.from_env()
-        manifest_mod.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
         code = COMMANDS[args.command](settings, args, out)
         return code
-    except ConfigError as exc:
-        code, error = EXIT_BAD_INPUT, exc
-        print(f"error: {exc}", file=sys.stderr)
-        return code
     except RollbackError as exc:
-        code, error = exc.exit_code, exc
+        code, error = exit_code_for(exc), exc
         print(f"error: {exc}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
@@ -539,8 +525,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _audit(settings: Settings, args, code: int, error) -> None:
     """One AUDIT line per privileged CLI action: the OS user, "local", what, how it ended."""
-    from rollback.errors import LockHeld
-
     outcome = "ok" if code == EXIT_OK else ("refused" if isinstance(error, LockHeld) or code == EXIT_BAD_INPUT
                                             else "failed")
     details = {"exit": str(code)}

@@ -26,12 +26,12 @@ from typing import Callable, Iterator
 from . import logbook, notify
 from .errors import LockHeld, RollbackError, SnapshotNotFound
 from .fsutil import atomic_write_bytes
+from .http_probe import probe
 from .ids import new_txn_id, utc_now_iso
 from .journal import FINAL_STATES, Journal, is_success
 from .lock import ServiceLock
 from .manifest import Manifest, ensure_private_dir
 from .settings import Settings
-from .steps.readyz import probe
 
 DEPLOY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESTORE_POLL_SEC = 0.5
@@ -43,8 +43,7 @@ StartRestore = Callable[[Settings, str], dict]
 
 
 class InvalidDeployId(RollbackError):
-    exit_code = 2
-    http_status = 400
+    """A deploy id that is not a safe file name (bad input: exit 2, HTTP 400)."""
 
 
 @dataclass
@@ -156,7 +155,7 @@ def _begin_or_alert(settings: Settings, deploy_id: str, snapshot_ref: str | None
 
 def _begin(settings: Settings, deploy_id: str, snapshot_ref: str | None, run_id: str,
            previous: dict | None, now: float) -> dict:
-    manifest = Manifest(settings.backup_dir)
+    manifest = Manifest.for_settings(settings)
     if snapshot_ref:
         snapshot_id = manifest.resolve(snapshot_ref)["id"]
     elif previous:
@@ -209,7 +208,7 @@ def _watch(settings: Settings, rec: dict, start_restore: StartRestore, now: floa
 def _ready(settings: Settings, rec: dict, now: float) -> Outcome:
     check = {"status": "ok", "at": utc_now_iso(), "deploy_id": rec["deploy_id"]}
     try:
-        Manifest(settings.backup_dir).update(rec["snapshot_id"], ready_check=check)
+        Manifest.for_settings(settings).update(rec["snapshot_id"], ready_check=check)
     except SnapshotNotFound:
         pass  # pruned meanwhile: the verdict stands, there is just nothing to mark
     _log(settings, rec, "ready", probes=rec["probes"], elapsed_sec=f"{now - rec['started_ts']:.1f}")

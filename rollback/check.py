@@ -15,21 +15,20 @@ import shlex
 import shutil
 import stat
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import migrations_info, pg
-from .app_process import app_env
+from .app_command import app_env
 from .archive import DEFAULT_EXCLUDES
 from .errors import RollbackError
+from .http_probe import fetch
 from .logbook import mask_secrets
 from .manifest import Manifest
 from .proc import run
+from .resources.code import strategy_for
 from .settings import Settings
-from .steps.code import strategy_for
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 READYZ_TIMEOUT_SEC = 5.0
@@ -322,7 +321,7 @@ def _mib(n: int) -> str:
 
 def _room_needed(settings: Settings, facts: _Facts) -> tuple[int | None, str]:
     try:
-        entries = Manifest(settings.backup_dir).entries()
+        entries = Manifest.for_settings(settings).entries()
     except RollbackError:
         entries = []
     if entries:
@@ -337,14 +336,7 @@ def _room_needed(settings: Settings, facts: _Facts) -> tuple[int | None, str]:
 def probe_readyz(url: str, timeout: float = READYZ_TIMEOUT_SEC) -> dict:
     """One GET of READYZ_URL: {"url", "ready", "http_status", "checks", "body", "error", "ms"}."""
     started = time.monotonic()
-    status, raw, error = None, b"", None
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (operator-configured URL)
-            status, raw = resp.status, resp.read(65536)
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read(65536) if exc.fp else b""
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        error = f"unreachable ({getattr(exc, 'reason', exc)})"
+    status, raw, error = fetch(url, timeout, max_body=65536)
     text = raw.decode("utf-8", "replace")
     try:
         body = json.loads(text) if text else None

@@ -23,9 +23,9 @@ from .archive import remove_tree
 from .ids import utc_now_iso
 from .journal import FINAL_STATES, Journal
 from .lock import ServiceLock
+from .resources.data_tree import layout
+from .resources.database import pre_database_name
 from .settings import Settings
-from .steps.data import layout
-from .steps.db import pre_database_name
 
 _TXN_IN_NAME = re.compile(r"\.pre-(?P<txn>txn-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6})$")
 _DAY = 86400.0

@@ -1,6 +1,7 @@
 """Typed errors of the core. Each carries a one-line message meant for an operator.
 
-The CLI maps them to exit codes (`exit_code`), the API to HTTP statuses (`http_status`).
+The adapters map the classes at their edges: the CLI to exit codes (manage/exit_codes.py), the web
+to HTTP statuses (web/errors.py).
 """
 
 from __future__ import annotations
@@ -8,9 +9,6 @@ from __future__ import annotations
 
 class RollbackError(Exception):
     """Base class: anything the core refuses or fails to do."""
-
-    exit_code = 1
-    http_status = 500
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -23,25 +21,17 @@ class RollbackError(Exception):
 class ConfigError(RollbackError):
     """An environment variable is missing or invalid."""
 
-    exit_code = 2
-    http_status = 500
-
 
 class InvalidSnapshotId(RollbackError):
-    exit_code = 2
-    http_status = 400
+    """A snapshot or transaction id does not match its pattern."""
 
 
 class SnapshotNotFound(RollbackError):
-    exit_code = 2
-    http_status = 404
+    """No snapshot with that id (or none at all for 'latest') is recorded."""
 
 
 class IntegrityError(RollbackError):
     """An artifact or the manifest does not match what was recorded."""
-
-    exit_code = 1
-    http_status = 422
 
 
 class UnsafeArchive(IntegrityError):
@@ -55,9 +45,6 @@ class ManifestCorrupt(IntegrityError):
 class LockHeld(RollbackError):
     """Another snapshot or restore is running."""
 
-    exit_code = 3
-    http_status = 409
-
     def __init__(self, message: str, holder: dict | None = None):
         Exception.__init__(self, message, holder)  # args mirror the signature: Celery rebuilds from them
         self.message = message
@@ -67,15 +54,9 @@ class LockHeld(RollbackError):
 class PreflightFailed(RollbackError):
     """A check before any destructive action failed; nothing was changed."""
 
-    exit_code = 1
-    http_status = 422
-
 
 class StepFailed(RollbackError):
     """A restore or snapshot step failed; `step` names it, `cause` explains."""
-
-    exit_code = 1
-    http_status = 500
 
     def __init__(self, step: str, cause: str):
         Exception.__init__(self, step, cause)

@@ -15,9 +15,9 @@ from psycopg import sql
 
 from . import pg
 from .proc import output
+from .resources.code import strategy_for
+from .resources.data_tree import RESERVED_PREFIXES
 from .settings import Settings
-from .steps.code import strategy_for
-from .steps.data import RESERVED_PREFIXES
 
 
 def schema_digest(settings: Settings) -> str:

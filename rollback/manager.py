@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from . import logbook, manifest
+from . import logbook
 from .errors import LockHeld, RollbackError
 from .restore import run_restore_local
 from .settings import Settings
@@ -19,9 +19,7 @@ def restore_latest_backup(reason: str, auto: bool = False, settings: Settings | 
     runs, StepFailed when a step failed (the journal then says `failed` and what was put back).
     `requested_by` goes to the journal, the ROLLBACK log line and an AUDIT line.
     """
-    if settings is None:
-        settings = Settings.from_env()
-        manifest.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
+    settings = settings or Settings.from_env()
     outcome, details = "failed", {"reason": reason, "auto": str(bool(auto)).lower(), "by": requested_by}
     try:
         doc = run_restore_local(settings, "latest", reason=reason, auto=auto, requested_by=requested_by)

@@ -7,10 +7,9 @@ parse is reported as ManifestCorrupt and is never rewritten (that would lose ent
 Tampering, not only accidents: with MANIFEST_HMAC_KEY set (kept outside BACKUP_DIR: whoever can
 write BACKUP_DIR must not be able to re-sign), every write adds `"hmac": "sha256:<hex>"`, an
 HMAC-SHA256 over the canonical JSON of the format and the entries, and every read checks it. A
-missing or wrong HMAC is ManifestCorrupt, and the file is left untouched. A process learns the key
-from `Manifest(backup_dir, hmac_key=...)` or, for every Manifest of a BACKUP_DIR, from
-`bind(settings)` called once after loading the settings. Enabling the key on an existing, unsigned
-manifest: check it, then `python -m rollback.manifest sign`.
+missing or wrong HMAC is ManifestCorrupt, and the file is left untouched. The key is passed
+explicitly: `Manifest.for_settings(settings)` (or `Manifest(backup_dir, hmac_key=...)`). Enabling the
+key on an existing, unsigned manifest: check it, then `python -m manage.manifest sign`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import hashlib
 import hmac
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,29 +34,6 @@ ARTIFACT_KEYS = ("file", "sha256", "size")
 HMAC_FIELD = "hmac"
 HMAC_PREFIX = "sha256:"
 MIN_HMAC_KEY = 16
-
-_keys: dict[str, bytes] = {}
-_keys_lock = threading.Lock()
-
-
-def _key_slot(backup_dir: Path) -> str:
-    return os.path.realpath(backup_dir)
-
-
-def bind(settings) -> None:
-    """Make every Manifest of settings.backup_dir in this process use settings.manifest_hmac_key."""
-    bind_key(settings.backup_dir, getattr(settings, "manifest_hmac_key", None))
-
-
-def bind_key(backup_dir: Path, key: str | bytes | None) -> None:
-    """Bind (or, with None, unbind) the HMAC key of one BACKUP_DIR for this process."""
-    slot = _key_slot(Path(backup_dir))
-    with _keys_lock:
-        if key is None:
-            _keys.pop(slot, None)
-        else:
-            _keys[slot] = _key_bytes(key)
-
 
 def _key_bytes(key: str | bytes) -> bytes:
     raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
@@ -86,11 +61,12 @@ class Manifest:
     def __init__(self, backup_dir: Path, hmac_key: str | bytes | None = None):
         self.backup_dir = Path(backup_dir)
         self.path = self.backup_dir / MANIFEST_NAME
-        if hmac_key is not None:
-            self.hmac_key: bytes | None = _key_bytes(hmac_key)
-        else:
-            with _keys_lock:
-                self.hmac_key = _keys.get(_key_slot(self.backup_dir))
+        self.hmac_key: bytes | None = _key_bytes(hmac_key) if hmac_key is not None else None
+
+    @classmethod
+    def for_settings(cls, settings) -> "Manifest":
+        """The manifest of settings.backup_dir, signed and checked with settings.manifest_hmac_key when set."""
+        return cls(settings.backup_dir, hmac_key=settings.manifest_hmac_key)
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self) -> list[dict]:
@@ -229,7 +205,7 @@ def _check_mac(doc: dict, entries: list, key: bytes, path: Path) -> None:
     if recorded is None:
         raise ManifestCorrupt(f"{path} carries no HMAC but MANIFEST_HMAC_KEY is set: it was written without the key "
                               f"or the HMAC was removed; it was left untouched (after checking it, sign it with "
-                              f"`python -m rollback.manifest sign`)")
+                              f"`python -m manage.manifest sign`)")
     try:
         expected = manifest_mac(key, entries)
     except (TypeError, ValueError):
@@ -260,31 +236,3 @@ def validate_entry(entry: object) -> None:
             raise ManifestCorrupt(f"entry {entry['id']}: artifact {name} has an invalid size")
         if not isinstance(art["sha256"], str) or len(art["sha256"]) != 64:
             raise ManifestCorrupt(f"entry {entry['id']}: artifact {name} has an invalid sha256")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rollback.manifest check|sign`: verify the HMAC, or sign an unsigned manifest."""
-    import sys
-
-    from .errors import RollbackError
-    from .settings import Settings
-
-    args = sys.argv[1:] if argv is None else argv
-    if args not in (["check"], ["sign"]):
-        print("usage: python -m rollback.manifest check|sign", file=sys.stderr)
-        return 2
-    try:
-        settings = Settings.from_env()
-        bind(settings)
-        manifest = Manifest(settings.backup_dir)
-        entries = manifest.sign() if args == ["sign"] else manifest.entries()
-    except RollbackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    signed = "signed" if manifest.hmac_key else "not signed (MANIFEST_HMAC_KEY unset)"
-    print(f"{manifest.path}: {len(entries)} snapshot(s), {signed}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from .app_process import app_env, run_app_command
+from .app_command import app_env, run_app_command
 from .errors import ConfigError, RollbackError
 from .logbook import mask_secrets
 from .proc import child_env

@@ -1,34 +1,73 @@
 """The five steps of a restore, in order: what each one is given and which resource it moves.
 
-`preflight` verifies everything before anything changes; `db`, `data` and `code` each bring one
-resource back; `readyz` restarts the app and waits until it is ready. The transaction around them
-(journal, lock, skip/resume) is `restore.py`'s.
+`preflight` verifies everything before anything changes and decides whether the warm standby is
+used; `db`, `data` and `code` each bring one resource back (rollback.resources), taking the standby's
+copy where the preflight found it usable; `readyz` restarts the app on the restored code, then waits
+until it is ready. Each step records in the journal's marks how far it got, so a re-run resumes or
+undoes. The transaction around them (journal, lock, skip/resume) is `restore.py`'s.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from . import migrations_info
-from .errors import PreflightFailed
+from . import logbook, migrations_info, standby
+from .errors import PreflightFailed, RollbackError, StepFailed
+from .http_probe import wait_until_ready
+from .journal import Journal
+from .progress import NO_PROGRESS, Progress
+from .resources import app_process, code, data_tree, database
 from .settings import Settings
-from .steps import code as code_step, data as data_step, db as db_step, readyz as readyz_step
-from .steps.context import StepContext
 from .verify import verify_artifacts
 
+NOT_RESTARTED_NOTE = ("the app process was not restarted (APP_RESTART_COMMAND is not set): "
+                      "it may still run the replaced code")
+RENDER_NOTE = ("the app was restarted by Render's rollback deploy (CODE_ROLLBACK_STRATEGY=render); "
+               "APP_RESTART_COMMAND is not run")
 
+
+@dataclass
+class StepContext:
+    """What a step is given: settings, its transaction, the snapshot, the journal and its progress
+    (already scoped to the step)."""
+
+    settings: Settings
+    txn: str
+    step: str
+    snapshot: dict
+    journal: Journal
+    progress: Progress = NO_PROGRESS
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.settings.backup_dir / self.snapshot["id"]
+
+    def artifact_path(self, name: str) -> Path:
+        return self.snapshot_dir / self.snapshot["artifacts"][name]["file"]
+
+    def marks(self) -> dict:
+        return self.journal.load(self.txn)["marks"]
+
+    def mark(self, key: str, value) -> None:
+        """Record durably how far this step got, so a re-run can resume or undo."""
+        self.journal.mark(self.txn, key, value)
+
+
+# -- preflight --------------------------------------------------------------------------------------
 def preflight(ctx: StepContext) -> str:
     """Every check that can fail before anything is changed."""
     settings, snap = ctx.settings, ctx.snapshot
     cold, standby_note = _choose_standby(ctx)
-    checks = verify_artifacts(settings, snap, progress=lambda d, t, m: ctx.progress(d, t * 2, m), scan_data=cold)
+    checks = verify_artifacts(settings, snap, progress=ctx.progress.fraction(0, 0.5), scan_data=cold)
     wanted = snap.get("alembic_revision")
     if not migrations_info.is_known_revision(settings, wanted):
         raise PreflightFailed(f"the snapshot's Alembic revision {wanted} is unknown to the deployed code "
                               f"({settings.alembic_config}); refusing to restore a schema it cannot manage")
     if snap.get("app_revision"):
-        code_step.strategy_for(settings).check_available(snap["app_revision"])
+        code.strategy_for(settings).check_available(snap["app_revision"])
     if cold:
         _check_room(settings, snap)  # the standby tree is already on disk: nothing more to stage
     ctx.progress(1, 1, "preflight passed")
@@ -38,8 +77,6 @@ def preflight(ctx: StepContext) -> str:
 def _choose_standby(ctx: StepContext) -> tuple[bool, str]:
     """Record in the journal whether the warm standby of this snapshot can be used;
     return (cold path, a line for the preflight detail)."""
-    from . import standby
-
     record, why = standby.usable_standby(ctx.settings, ctx.snapshot)
     ctx.mark("standby", record)
     if record:
@@ -60,12 +97,163 @@ def _check_room(settings: Settings, snap: dict) -> None:
                               f"{int(needed * 1.1) >> 20} MiB needed to stage the data directory")
 
 
+# -- db ---------------------------------------------------------------------------------------------
+def restore_db(ctx: StepContext) -> str:
+    """Dispatch on DB_RESTORE_STRATEGY (the journal pins the choice for re-runs)."""
+    strategy = ctx.marks().get("db_strategy") or ctx.settings.db_restore_strategy
+    ctx.mark("db_strategy", strategy)
+    return _restore_db_swap(ctx) if strategy == "swap" else database.restore_in_place(ctx)
+
+
+def _restore_db_swap(ctx: StepContext) -> str:
+    """Restore into `<db>__new_<txn>` (or take the warm standby under that name) while the live
+    database keeps serving, then rename live -> `<db>__pre_<txn>` and new -> live. The live database
+    is never modified: until the renames it is untouched, after them it is the kept previous state."""
+    settings, live = ctx.settings, ctx.settings.database.dbname
+    pre, new = database.pre_database_name(live, ctx.txn), database.new_database_name(live, ctx.txn)
+    phase = ctx.marks().get("db_phase")
+    if phase is None and _take_standby_database(ctx, new):
+        ctx.mark("db_phase", phase := "restored_new")
+    if phase is None:
+        ctx.progress(0, 3, f"pg_restore -j{settings.restore_jobs} into {new}")
+        try:
+            database.restore_into_new(settings, ctx.artifact_path("db"), new, ctx.snapshot.get("alembic_revision"))
+        except (RollbackError, OSError) as exc:
+            _drop_quietly(ctx, new)
+            raise StepFailed("db", f"{exc}; the live database was not touched") from None
+        ctx.mark("db_phase", phase := "restored_new")
+    if phase == "restored_new":
+        ctx.progress(2, 3, f"swapping: {live} -> {pre}, {new} -> {live}")
+        database.swap_databases(settings, live, new, pre)
+        ctx.mark("db_pre_copy", pre)
+        ctx.mark("db_phase", "swapped")
+    ctx.progress(3, 3, f"database restored (swap); previous state kept as {pre}")
+    how = "warm standby + rename" if ctx.marks().get("db_source") == "standby" else \
+        f"pg_restore -j{settings.restore_jobs} + rename"
+    return f"swap ({how}); previous state kept as database {pre}"
+
+
+def _take_standby_database(ctx: StepContext, new: str) -> bool:
+    """Rename the warm standby database (verified at preflight) to `new`; False to restore cold."""
+    record = ctx.marks().get("standby")
+    if not record:
+        return False
+    try:
+        database.adopt_database(ctx.settings, record["database"], new)
+    except RollbackError as exc:
+        logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "standby_skipped", error=str(exc))
+        ctx.journal.add_note(ctx.txn, f"the warm standby database could not be used ({exc}); restored cold")
+        return False
+    standby.forget(ctx.settings)
+    ctx.mark("db_source", "standby")
+    ctx.progress(2, 3, f"took the warm standby database of snapshot {record['snapshot_id']}")
+    return True
+
+
+def _drop_quietly(ctx: StepContext, name: str) -> None:
+    try:
+        database.drop_database(ctx.settings, name)
+    except RollbackError as exc:
+        logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "db", "cleanup_failed", database=name,
+                               error=str(exc))
+
+
+# -- data -------------------------------------------------------------------------------------------
+def restore_data(ctx: StepContext) -> str:
+    """Stage the snapshot's tree (the warm standby's, or extracted), then put it in place of the live
+    one; phases `extracted` → (`parked` on a mount point) → `swapped` are marked for re-runs."""
+    data_dir = ctx.settings.data_base_dir
+    marks = ctx.marks()
+    mounted = marks.get("data_mounted", data_tree.is_mount(data_dir))
+    ctx.mark("data_mounted", mounted)
+    staging, pre = data_tree.layout(data_dir, ctx.txn, mounted)
+    phase = marks.get("data_phase")
+
+    if phase is None:
+        if not _take_standby_tree(ctx, staging, mounted):
+            data_tree.stage(ctx.artifact_path("data"), ctx.snapshot["artifacts"]["data"], staging,
+                            ctx.progress.fraction(0, 2 / 3))
+        ctx.mark("data_phase", phase := "extracted")
+    if mounted:
+        if phase == "extracted":
+            ctx.progress(2, 3, f"parking the live files in {pre}")
+            data_tree.park_live_children(data_dir, pre)
+            ctx.mark("data_phase", phase := "parked")
+        if phase == "parked":
+            ctx.progress(2, 3, "moving the restored files in")
+            data_tree.move_staged_children_in(staging, data_dir)
+    elif phase == "extracted":
+        ctx.progress(2, 3, f"swapping: live tree kept as {pre}")
+        data_tree.exchange_with_live(ctx, data_dir, staging, pre)
+    ctx.mark("data_phase", "swapped")
+    ctx.progress(3, 3, "data directory restored")
+    source = "from the warm standby" if ctx.marks().get("data_source") == "standby" else "extracted"
+    kept = f"previous tree kept as {pre}" if pre.exists() else "there was no previous tree"
+    return f"restored ({source}); {kept}"
+
+
+def _take_standby_tree(ctx: StepContext, staging: Path, mounted: bool) -> bool:
+    """Use the warm standby's tree (verified at preflight) as the staging folder: a rename."""
+    record = ctx.marks().get("standby")
+    if not record or record.get("mounted") != mounted or not Path(record["tree"]).is_dir():
+        return False
+    data_tree.take_standby_tree(Path(record["tree"]), staging)
+    ctx.mark("data_source", "standby")
+    ctx.progress(1, 3, f"took the warm standby tree of snapshot {record['snapshot_id']}")
+    return True
+
+
+# -- code -------------------------------------------------------------------------------------------
+def restore_code(ctx: StepContext) -> str:
+    revision = ctx.snapshot.get("app_revision")
+    if not revision:
+        return "the snapshot recorded no code revision; code left as it is"
+    ctx.progress(0, 2, f"code back to {revision[:12]}")
+    detail = code.strategy_for(ctx.settings).restore(ctx, revision)
+    ctx.progress(2, 2, detail)
+    return detail
+
+
+# -- readyz -----------------------------------------------------------------------------------------
+def wait_ready(ctx: StepContext) -> str:
+    """Restart the app on the restored code (until then its processes may still run the replaced
+    code), then poll READYZ_URL until it answers 200."""
+    restarted = restart_app(ctx)
+    settings = ctx.settings
+    ready = wait_until_ready(settings.readyz_url, settings.ready_timeout_sec, settings.ready_interval_sec,
+                             ctx.progress)
+    return f"{restarted}; {ready}" if restarted else ready
+
+
+def restart_app(ctx: StepContext) -> str:
+    """Restart the app's processes (APP_RESTART_COMMAND; a failure fails the step, with db, data and
+    code left restored; with CODE_ROLLBACK_STRATEGY=render the rollback deploy already restarted the
+    service); return a line for the step detail."""
+    settings = ctx.settings
+    if settings.code_rollback_strategy == "render":
+        ctx.journal.add_note(ctx.txn, RENDER_NOTE)
+        return "restarted by the Render rollback deploy"
+    if not settings.app_restart_command:
+        ctx.journal.add_note(ctx.txn, NOT_RESTARTED_NOTE)
+        return ""
+    ctx.progress(0, 1, "restarting the app (APP_RESTART_COMMAND)")
+    result = app_process.restart_app(settings, ctx.txn)
+    ctx.mark("restart", result.record())
+    logbook.rollback_event(settings.rollback_log, ctx.txn, "restart", "ok" if result.ok else "failed",
+                           exit="timeout" if result.timed_out else result.exit,
+                           duration_sec=f"{result.duration_sec:.1f}", command=result.command,
+                           error=result.start_error, output=result.output_tail[-500:] or None)
+    if not result.ok:
+        raise RollbackError(f"the app restart command failed ({result.describe()}); database, data and code "
+                            f"ARE restored — restart the app by hand, then check READYZ_URL ({settings.readyz_url})")
+    ctx.journal.add_note(ctx.txn, f"the app was restarted by APP_RESTART_COMMAND (exit 0 in {result.duration_sec:.1f} s)")
+    return f"app restarted in {result.duration_sec:.1f} s"
+
+
 STEP_FUNCTIONS: dict[str, Callable[[StepContext], str]] = {
     "preflight": preflight,
-    "db": db_step.restore_db,
-    "data": data_step.restore_data,
-    "code": code_step.restore_code,
-    "readyz": readyz_step.wait_ready,
+    "db": restore_db,
+    "data": restore_data,
+    "code": restore_code,
+    "readyz": wait_ready,
 }
-
-

@@ -15,7 +15,7 @@ from .snapshot import clean_leftovers
 def choose_prunable(entries: list[dict], keep: int, in_use: set[str]) -> list[str]:
     """Ids to delete: older than the newest `keep`, except the newest ready snapshot and those in use."""
     ordered = list(entries)  # manifest order is creation order
-    protected = {e["id"] for e in ordered[-keep:]} | set(in_use)
+    protected = {e["id"] for e in (ordered[-keep:] if keep else [])} | set(in_use)
     ready = [e for e in ordered if (e.get("ready_check") or {}).get("status") == "ok"]
     if ready:
         protected.add(ready[-1]["id"])
@@ -24,7 +24,7 @@ def choose_prunable(entries: list[dict], keep: int, in_use: set[str]) -> list[st
 
 def prune(settings: Settings) -> dict:
     """Apply retention under the service lock; the manifest is updated before folders are deleted."""
-    manifest = Manifest(settings.backup_dir)
+    manifest = Manifest.for_settings(settings)
     lock = ServiceLock(settings.backup_dir)
     with lock.held({"kind": "prune"}, wait_sec=5):
         active = lock.active() or {}

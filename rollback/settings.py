@@ -119,13 +119,13 @@ class Settings:
     standby_enabled: bool = True
     restore_jobs: int = 2
     command_timeout_sec: float = 1800.0
-    # canary, beat, notifications (issue C)
+    # canary, beat, notifications
     canary_enabled: bool = True
     ready_successes: int = 1
     notify_webhook_url: str | None = None
     prune_schedule: str = "hourly"
     pre_retention_days: float = 7.0
-    # Render code strategy (issue C)
+    # Render code strategy
     render_api_key: str | None = field(default=None, repr=False)
     render_service_id: str | None = None
     render_api_url: str = "https://api.render.com/v1"

@@ -11,31 +11,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
-from typing import Callable
 
 from . import __version__, logbook, migrations_info, pg
-from .archive import CODECS, create_archive, scan_archive
-from .errors import ConfigError, PreflightFailed, RollbackError, UnsafeArchive
+from .errors import ConfigError, LockHeld, PreflightFailed, RollbackError
 from .fsutil import atomic_write_bytes, fsync_dir
 from .ids import SNAPSHOT_ID_RE, new_snapshot_id, utc_now_iso
 from .lock import ServiceLock, describe_holder
-from .errors import LockHeld
-from .manifest import Manifest, ensure_private_dir
+from .manifest import Manifest
+from .progress import Progress, Sink, as_progress
+from .resources import data_tree
+from .resources.code import strategy_for
+from .resources.database import DUMP_FILE, dump_database
 from .settings import Settings
-from .steps.code import strategy_for
-from .steps.db import DUMP_FILE, dump_database
 
 TMP_PREFIX = ".tmp-"
-SNAPSHOT_STEPS = ("database", "data", "record")
-
-SnapshotProgress = Callable[[str, int, int, str], None]
-
-
-def _quiet(step: str, done: int, total: int, message: str) -> None:
-    return None
-
-
 def clean_leftovers(settings: Settings, manifest: Manifest) -> list[str]:
     """Remove unfinished temp folders and folders the manifest does not record. Call under the lock."""
     recorded = {e["id"] for e in manifest.entries()}
@@ -54,11 +43,12 @@ def clean_leftovers(settings: Settings, manifest: Manifest) -> list[str]:
     return removed
 
 
-def create_snapshot(settings: Settings, notes: str = "", progress: SnapshotProgress = _quiet,
+def create_snapshot(settings: Settings, notes: str = "", progress: Progress | Sink | None = None,
                     snapshot_id: str | None = None) -> dict:
-    """Take a complete snapshot and record it; raises LockHeld when a restore or snapshot runs."""
+    """Take a complete snapshot and record it; raises LockHeld when a restore or snapshot runs.
+    Progress is reported for the steps database, data and record."""
     snapshot_id = snapshot_id or new_snapshot_id()
-    manifest = Manifest(settings.backup_dir)
+    manifest = Manifest.for_settings(settings)
     lock = ServiceLock(settings.backup_dir)
     # A short wait rides over prune, cleanup or a standby being published; a restore still refuses.
     with lock.held({"kind": "snapshot", "snapshot_id": snapshot_id}, wait_sec=10):
@@ -66,10 +56,10 @@ def create_snapshot(settings: Settings, notes: str = "", progress: SnapshotProgr
         if active:
             raise LockHeld(f"refused: {describe_holder(active)}", active)
         clean_leftovers(settings, manifest)
-        return _take(settings, manifest, snapshot_id, notes, progress)
+        return _take(settings, manifest, snapshot_id, notes, as_progress(progress))
 
 
-def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, progress: SnapshotProgress) -> dict:
+def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, progress: Progress) -> dict:
     if not settings.data_base_dir.is_dir():
         raise RollbackError(f"DATA_BASE_DIR {settings.data_base_dir} is not a directory")
     created_at = utc_now_iso()
@@ -82,23 +72,18 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
         check_restorable_revision(settings, alembic_revision)
         tmp.mkdir(mode=0o700)
 
-        progress("database", 0, 1, "pg_dump -Fc")
+        db_progress = progress.scoped("database")
+        db_progress(0, 1, "pg_dump -Fc")
         db_art = dump_database(settings, tmp / DUMP_FILE,
-                               progress=lambda n: progress("database", 0, 1, f"pg_dump: {n >> 20} MiB written"))
-        progress("database", 1, 1, f"dump {db_art['size']} bytes")
+                               progress=lambda n: db_progress(0, 1, f"pg_dump: {n >> 20} MiB written"))
+        db_progress(1, 1, f"dump {db_art['size']} bytes")
 
-        progress("data", 0, 1, f"archiving {settings.data_base_dir}")
-        data_file = tmp / f"data{CODECS[settings.backup_codec]}"
-        info = create_archive(settings.data_base_dir, data_file, codec=settings.backup_codec,
-                              gzip_level=settings.gzip_level,
-                              progress=lambda n: progress("data", 0, 1, f"tar: {n >> 20} MiB read"),
-                              timeout=settings.command_timeout_sec)
-        _check_restorable(data_file, info.tar_bytes)
-        data_art = {"file": info.file, "sha256": info.sha256, "size": info.size,
-                    "tar_bytes": info.tar_bytes, "codec": info.codec}
-        progress("data", 1, 1, f"archive {info.size} bytes")
+        data_progress = progress.scoped("data")
+        data_progress(0, 1, f"archiving {settings.data_base_dir}")
+        data_art = data_tree.archive_for_snapshot(settings, tmp, data_progress)
+        data_progress(1, 1, f"archive {data_art['size']} bytes")
 
-        progress("record", 0, 1, "recording the snapshot")
+        progress.report("record", 0, 1, "recording the snapshot")
         entry = {
             "id": snapshot_id,
             "created_at": created_at,
@@ -129,7 +114,7 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
         if isinstance(exc, OSError) and not isinstance(exc, RollbackError):
             raise RollbackError(f"snapshot {snapshot_id} failed: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})".rstrip(" ()")) from None
         raise
-    progress("record", 1, 1, f"snapshot {snapshot_id} complete")
+    progress.report("record", 1, 1, f"snapshot {snapshot_id} complete")
     logbook.append(settings.rollback_log, logbook.format_event(
         "backup complete", id=snapshot_id, app_revision=app_revision[:12], alembic=alembic_revision,
         db_bytes=db_art["size"], data_bytes=data_art["size"]))
@@ -154,22 +139,8 @@ def check_restorable_revision(settings: Settings, revision: str | None) -> None:
                               f"snapshot. Deploy code that has the revision, or fix ALEMBIC_CONFIG")
 
 
-def _check_restorable(archive: Path, tar_bytes: int) -> None:
-    """Scan the new archive as a restore would, so an unrestorable snapshot is refused now, not later."""
-    try:
-        scan_archive(archive, max_bytes=tar_bytes)
-    except UnsafeArchive as exc:
-        raise RollbackError(f"DATA_BASE_DIR holds an entry a restore would refuse ({exc}); "
-                            f"remove or replace it (absolute or outside symlinks, devices and FIFOs are not "
-                            f"supported)") from None
-
-
 def _safe_entries(manifest: Manifest) -> list[dict]:
     try:
         return manifest.entries()
     except RollbackError:
         return []
-
-
-def ensure_backup_dir(settings: Settings) -> Path:
-    return ensure_private_dir(settings.backup_dir)

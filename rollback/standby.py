@@ -20,39 +20,27 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from psycopg import sql
 
 from . import logbook, pg
-from .archive import extract_archive, remove_tree
-from .errors import LockHeld, RollbackError
+from .archive import remove_tree
+from .errors import LockHeld
 from .fsutil import atomic_write_bytes, fsync_dir
 from .ids import utc_now_iso
 from .lock import ServiceLock
 from .manifest import Manifest
-from .proc import run
+from .progress import Progress, Sink, as_progress
+from .resources import data_tree, database
 from .settings import Settings
-from .steps.data import is_mount
 from .verify import verify_artifacts
 
 STANDBY_FILE = "standby.json"
-TREE_NAME = ".rollback-standby"
-
-Progress = Callable[[int, int, str], None]
-
-
-def _quiet(done: int, total: int, message: str) -> None:
-    return None
 
 
 def standby_db_name(live: str, suffix: str = "__standby") -> str:
-    return live[: 63 - len(suffix)] + suffix
-
-
-def standby_tree(data_dir: Path, mounted: bool) -> Path:
-    """Inside the data dir when it is a mount point (same filesystem), else beside it."""
-    return data_dir / TREE_NAME if mounted else data_dir.parent / f".{data_dir.name}{TREE_NAME}"
+    return database.side_database_name(live, suffix)
 
 
 def tree_digest(root: Path) -> str:
@@ -99,28 +87,29 @@ def read_record(settings: Settings) -> dict | None:
         return {}
 
 
-def prepare_standby(settings: Settings, snapshot_id: str, progress: Progress = _quiet) -> dict:
-    """Build and publish the standby of `snapshot_id`; returns the record (or why it was skipped)."""
-    entry = Manifest(settings.backup_dir).get(snapshot_id)
-    live = settings.database.dbname
-    mounted = is_mount(settings.data_base_dir)
-    prep_db, prep_tree = standby_db_name(live, "__standby_prep"), Path(f"{standby_tree(settings.data_base_dir, mounted)}.prep")
+def prepare_standby(settings: Settings, snapshot_id: str, progress: Progress | Sink | None = None) -> dict:
+    """Build and publish the standby of `snapshot_id`; returns the record (or why it was skipped).
+    Progress is reported as the step `standby`."""
+    progress = as_progress(progress).scoped("standby")
+    entry = Manifest.for_settings(settings).get(snapshot_id)
+    folder = settings.backup_dir / entry["id"]
+    mounted = data_tree.is_mount(settings.data_base_dir)
+    prep_db = standby_db_name(settings.database.dbname, "__standby_prep")
+    prep_tree = Path(f"{data_tree.standby_tree_path(settings.data_base_dir, mounted)}.prep")
     with _preparing(settings):
         progress(0, 4, f"verifying snapshot {snapshot_id}")
         verify_artifacts(settings, entry)
         try:
             progress(1, 4, f"restoring the dump into {prep_db}")
-            _restore_db(settings, entry, prep_db)
+            database.restore_into_new(settings, folder / entry["artifacts"]["db"]["file"], prep_db,
+                                      entry.get("alembic_revision"))
             progress(2, 4, f"extracting the archive into {prep_tree}")
-            remove_tree(prep_tree)
             art = entry["artifacts"]["data"]
-            extract_archive(Path(settings.backup_dir / entry["id"] / art["file"]), prep_tree,
-                            expected_sha256=art["sha256"], expected_size=art["size"],
-                            max_bytes=art.get("tar_bytes") or art["size"] * 1000)
+            data_tree.stage(folder / art["file"], art, prep_tree)
             progress(3, 4, "publishing the standby")
             record = _publish(settings, entry, prep_db, prep_tree, mounted)
         except BaseException:
-            _drop(settings, prep_db)
+            database.drop_database(settings, prep_db)
             remove_tree(prep_tree)
             raise
     progress(4, 4, f"standby of {snapshot_id} ready")
@@ -128,23 +117,9 @@ def prepare_standby(settings: Settings, snapshot_id: str, progress: Progress = _
     return record
 
 
-def _restore_db(settings: Settings, entry: dict, name: str) -> None:
-    target = settings.database
-    with pg.connect_maintenance(target) as conn:
-        pg.drop_database(conn, name)
-        pg.create_empty_database(conn, name, like=target.dbname)
-        pg.copy_database_settings(conn, target.dbname, name)
-    dump = settings.backup_dir / entry["id"] / entry["artifacts"]["db"]["file"]
-    run(["pg_restore", "--exit-on-error", "--no-password", f"--jobs={settings.restore_jobs}", "--dbname", name,
-         str(dump)], env=target.libpq_env(), timeout=settings.command_timeout_sec)
-    got = pg.alembic_revision(target, name)
-    if got != entry.get("alembic_revision"):
-        raise RollbackError(f"standby database is at {got}, the snapshot at {entry.get('alembic_revision')}")
-
-
 def _publish(settings: Settings, entry: dict, prep_db: str, prep_tree: Path, mounted: bool) -> dict:
     live = settings.database.dbname
-    db, tree = standby_db_name(live), standby_tree(settings.data_base_dir, mounted)
+    db, tree = standby_db_name(live), data_tree.standby_tree_path(settings.data_base_dir, mounted)
     lock = ServiceLock(settings.backup_dir)
     with lock.held({"kind": "standby", "snapshot_id": entry["id"]}, wait_sec=30):
         if lock.active():
@@ -153,7 +128,7 @@ def _publish(settings: Settings, entry: dict, prep_db: str, prep_tree: Path, mou
         with pg.connect_maintenance(settings.database) as conn:
             pg.rename_database(conn, prep_db, db)
             # Nobody may connect (and change it) until a restore takes it.
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(db)))
+            database.set_connections_allowed(conn, db, False)
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(db), sql.Literal(_tag(entry))))
         os.rename(prep_tree, tree)
         fsync_dir(tree.parent)
@@ -185,18 +160,11 @@ def usable_standby(settings: Settings, entry: dict) -> tuple[dict | None, str]:
     return record, "ok"
 
 
-def take_database(settings: Settings, record: dict, new_name: str) -> None:
-    """Rename the standby database to `new_name` (the swap then proceeds as after a cold restore)."""
-    with pg.connect_maintenance(settings.database) as conn:
-        pg.rename_database(conn, record["database"], new_name)
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(new_name)))
-
-
 def discard_standby(settings: Settings) -> None:
     """Drop the standby database and tree and forget the record (call under the service lock)."""
     record = read_record(settings)
     if record:
-        _drop(settings, record.get("database") or standby_db_name(settings.database.dbname))
+        database.drop_database(settings, record.get("database") or standby_db_name(settings.database.dbname))
         if record.get("tree"):
             remove_tree(Path(record["tree"]))
     with contextlib.suppress(FileNotFoundError):
@@ -207,8 +175,3 @@ def forget(settings: Settings) -> None:
     """The standby was consumed by a restore: remove the record only."""
     with contextlib.suppress(FileNotFoundError):
         (settings.backup_dir / STANDBY_FILE).unlink()
-
-
-def _drop(settings: Settings, name: str) -> None:
-    with pg.connect_maintenance(settings.database) as conn:
-        pg.drop_database(conn, name)

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from .archive import measure_archive
 from .errors import IntegrityError, RollbackError
 from .fsutil import sha256_file
 from .ids import utc_now_iso
 from .manifest import Manifest
+from .progress import Progress, Sink, as_progress
+from .resources.database import list_dump
 from .settings import Settings
-from .steps.db import list_dump
-
-VerifyProgress = Callable[[int, int, str], None]
 
 
-def _noop(done: int, total: int, message: str) -> None:
-    return None
-
-
-def verify_artifacts(settings: Settings, entry: dict, progress: VerifyProgress = _noop,
+def verify_artifacts(settings: Settings, entry: dict, progress: Progress | Sink | None = None,
                      scan_data: bool = False) -> list[str]:
     """Raise IntegrityError on the first mismatch; return one line per check that passed.
 
     scan_data: also decompress the data archive, in the same pass as its SHA-256, and compare its
     size with the recorded tar_bytes (the restore's cold path: a size the manifest gets wrong must
     stop the restore here, before the db step changes anything; the extraction caps at it)."""
+    progress = as_progress(progress)
     folder = settings.backup_dir / entry["id"]
     if not folder.is_dir():
         raise IntegrityError(f"snapshot folder {folder} is missing")
@@ -79,12 +74,13 @@ def _check_size(path: Path, name: str, expected: int) -> None:
         raise IntegrityError(f"{name} artifact {path.name}: size {size} bytes, recorded {expected}")
 
 
-def verify_snapshot(settings: Settings, snapshot_ref: str, progress: VerifyProgress = _noop) -> dict:
-    """Verify and record the outcome in the manifest (`verified`: {at, ok, error})."""
-    manifest = Manifest(settings.backup_dir)
+def verify_snapshot(settings: Settings, snapshot_ref: str, progress: Progress | Sink | None = None) -> dict:
+    """Verify and record the outcome in the manifest (`verified`: {at, ok, error}); progress is
+    reported as the step `verify`."""
+    manifest = Manifest.for_settings(settings)
     entry = manifest.resolve(snapshot_ref)
     try:
-        checks = verify_artifacts(settings, entry, progress)
+        checks = verify_artifacts(settings, entry, as_progress(progress).scoped("verify"))
     except IntegrityError as exc:
         manifest.update(entry["id"], verified={"at": utc_now_iso(), "ok": False, "error": str(exc)})
         raise

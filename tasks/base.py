@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 
-from rollback import manifest
 from rollback.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,8 +19,7 @@ def get_settings() -> Settings:
     with _lock:
         if _settings is None:
             settings = Settings.from_env()
-            manifest.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
-            _settings = settings  # only once bound: a failed bind must fail the next call too
+            _settings = settings
         return _settings
 
 
@@ -29,8 +27,6 @@ def use_settings(settings: Settings | None) -> None:
     global _settings
     with _lock:
         _settings = settings
-        if settings is not None:
-            manifest.bind(settings)
 
 
 class StateReporter:

@@ -25,5 +25,4 @@ def cleanup_pre_restore(self) -> dict:
 
 @app.task(bind=True, name="rollback.verify")
 def verify(self, snapshot_id: str) -> dict:
-    report = StateReporter(self)
-    return verify_snapshot(get_settings(), snapshot_id, progress=lambda d, t, m: report("verify", d, t, m))
+    return verify_snapshot(get_settings(), snapshot_id, progress=StateReporter(self))

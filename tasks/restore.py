@@ -15,9 +15,10 @@ from .base import StateReporter, get_settings
 
 def _run(task, txn: str, step: str, attempt: int) -> dict:
     settings = get_settings()
-    result = core.run_step(settings, txn, step, attempt, progress=StateReporter(task, txn))
+    restore = core.RestoreTxn(settings, txn)
+    result = restore.run_step(step, attempt, progress=StateReporter(task, txn))
     if step == RESTORE_STEPS[-1]:
-        result["summary"] = core.restore_summary(Journal(settings.backup_dir).load(txn))
+        result["summary"] = restore.result().to_dict()
     return result
 
 

@@ -30,8 +30,7 @@ def check_configuration() -> list[dict]:
 
 @app.task(bind=True, name="rollback.standby.prepare")
 def prepare_standby_task(self, snapshot_id: str) -> dict:
-    report = StateReporter(self)
     try:
-        return prepare_standby(get_settings(), snapshot_id, progress=lambda d, t, m: report("standby", d, t, m))
+        return prepare_standby(get_settings(), snapshot_id, progress=StateReporter(self))
     except LockHeld as exc:  # another preparation or a restore: the next snapshot prepares again
         return {"skipped": str(exc)}

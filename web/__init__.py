@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, jsonify, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from rollback import manifest as manifest_mod
 from rollback.errors import RollbackError
 from rollback.settings import Settings
 
 from .access import address_allowed, audit, client_address
+from .api import api
 from .config import WebConfig
+from .console import init_console
+from .context import ADMIN_PREFIX, API_PREFIX, CONTEXT_KEY, WebContext, error_response, under, web_context
+from .errors import http_status_for
 from .jobs import bind_celery
 from .readyz import readiness
 from .shared import SharedStore
-
-ADMIN_PREFIX = "/admin"
-API_PREFIX = "/admin/rollback/api"
-
-
-@dataclass(frozen=True)
-class WebContext:
-    """Everything a request handler needs, loaded once per app."""
-
-    settings: Settings
-    config: WebConfig
-    store: SharedStore
-
-
-def web_context() -> WebContext:
-    return current_app.extensions["rollback_web"]
 
 
 def create_app(settings: Settings | None = None, config: WebConfig | None = None) -> Flask:
@@ -43,20 +29,15 @@ def create_app(settings: Settings | None = None, config: WebConfig | None = None
     An invalid variable raises ConfigError, one line naming it, before anything is served."""
     app = Flask(__name__)
     settings = settings or Settings.from_env()
-    manifest_mod.bind(settings)  # MANIFEST_HMAC_KEY, when set, signs and checks manifest.json
     config = config or WebConfig.from_env(os.environ)
     ctx = WebContext(settings, config, SharedStore(settings.celery_broker_url, str(settings.backup_dir)))
-    app.extensions["rollback_web"] = ctx
+    app.extensions[CONTEXT_KEY] = ctx
     app.config["ROLLBACK_SETTINGS"] = settings
     _configure(app, config)
     bind_celery(settings)
     _register_health(app, ctx)
     _register_guards(app)
     _register_errors(app)
-
-    # Imported here: both modules import web_context/error_response from this package.
-    from .api import api
-    from .console import init_console
 
     csrf = CSRFProtect(app)
     csrf.exempt(api)  # Bearer-token clients send no cookie, so there is nothing to forge
@@ -97,7 +78,7 @@ def _register_health(app: Flask, ctx: WebContext) -> None:
 def _register_guards(app: Flask) -> None:
     @app.before_request
     def allowlist():
-        if not _under(request.path, ADMIN_PREFIX):
+        if not under(request.path, ADMIN_PREFIX):
             return None
         ctx = web_context()
         if address_allowed(ctx.config, client_address()):
@@ -107,7 +88,7 @@ def _register_guards(app: Flask) -> None:
 
     @app.after_request
     def hardening(response):
-        if _under(request.path, ADMIN_PREFIX):
+        if under(request.path, ADMIN_PREFIX):
             response.headers.setdefault("X-Frame-Options", "DENY")
             response.headers.setdefault("X-Content-Type-Options", "nosniff")
             response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -118,7 +99,7 @@ def _register_guards(app: Flask) -> None:
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(RollbackError)
     def rollback_error(exc: RollbackError):
-        return error_response(exc.http_status, str(exc))
+        return error_response(http_status_for(exc), str(exc))
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
@@ -127,24 +108,6 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        if _under(request.path, API_PREFIX):
+        if under(request.path, API_PREFIX):
             return error_response(exc.code or 500, exc.description or exc.name)
         return exc
-
-
-def error_response(status: int, message: str, headers: dict | None = None):
-    """JSON for the API (and any client asking for JSON), a short text page for the console."""
-    wants_json = _under(request.path, API_PREFIX) or request.accept_mimetypes.best == "application/json"
-    body = jsonify(error=message, status=status) if wants_json else _error_page(status, message)
-    return body, status, headers or {}
-
-
-def _error_page(status: int, message: str) -> str:
-    from markupsafe import escape
-
-    return (f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
-            f'<p><a href="/admin/rollback/">Back to the rollback console</a></p>')
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")

@@ -11,8 +11,9 @@ from rollback.errors import LockHeld, RollbackError
 from rollback.ids import validate_snapshot_id
 from rollback.manifest import Manifest
 
-from . import API_PREFIX, error_response, web_context
 from .access import audit, bearer_token_valid, client_address
+from .context import API_PREFIX, error_response, web_context
+from .errors import BadRequest
 from .jobs import TASK_ID_RE, start_restore, start_snapshot, task_state
 from .progress import history, restore_status
 
@@ -23,10 +24,6 @@ MAX_REASON = 500
 MAX_NOTES = 500
 WHO = "api"
 DEFAULT_REASON = "api"  # the runbook's curl sends only {"snapshot_id": ...}
-
-
-class BadRequest(RollbackError):
-    http_status = 400
 
 
 @api.before_request
@@ -75,7 +72,7 @@ def restores():
 
 @api.get("/snapshots")
 def snapshots():
-    entries = list(reversed(Manifest(web_context().settings.backup_dir).entries()))
+    entries = list(reversed(Manifest.for_settings(web_context().settings).entries()))
     return jsonify(snapshots=entries)
 
 

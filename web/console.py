@@ -15,10 +15,10 @@ from rollback import pg
 from rollback.errors import LockHeld, RollbackError
 from rollback.ids import validate_snapshot_id
 from rollback.manifest import Manifest
-from rollback.steps.code import strategy_for
+from rollback.resources.code import strategy_for
 
-from . import WebContext, error_response
 from .access import (LoginThrottle, audit, client_address, credentials_valid, current_user, log_in, log_out)
+from .context import WebContext, error_response
 from .jobs import active_restore, start_restore, start_snapshot, start_verify
 from .progress import history, restore_status
 
@@ -79,7 +79,7 @@ class RollbackView(ConsoleView):
 
     @expose("/")
     def index(self):
-        entries = Manifest(self.ctx.settings.backup_dir).entries()
+        entries = Manifest.for_settings(self.ctx.settings).entries()
         sort, direction = _sort_args()
         rows = sorted(entries, key=SORT_KEYS[sort], reverse=direction == "desc") if sort else entries[::-1]
         return self.render("rollback/index.html", rows=rows, sort=sort or "created", direction=direction,
@@ -94,7 +94,7 @@ class RollbackView(ConsoleView):
         return self._confirm_page(ref, RestoreForm())
 
     def _confirm_page(self, ref: str, form: RestoreForm):
-        entry = Manifest(self.ctx.settings.backup_dir).resolve(validate_snapshot_id(ref, allow_latest=True))
+        entry = Manifest.for_settings(self.ctx.settings).resolve(validate_snapshot_id(ref, allow_latest=True))
         form.snapshot_id.data = entry["id"]
         return self.render("rollback/confirm.html", entry=entry, form=form, current=_current_state(self.ctx))
 
@@ -134,7 +134,7 @@ class RollbackView(ConsoleView):
 
     @expose("/verify/<snapshot_id>", methods=("POST",))
     def verify(self, snapshot_id: str):
-        entry = Manifest(self.ctx.settings.backup_dir).get(snapshot_id)
+        entry = Manifest.for_settings(self.ctx.settings).get(snapshot_id)
         task_id = start_verify(entry["id"])
         audit(self.ctx.settings, "verify", "queued", snapshot=entry["id"], task=task_id)
         flash(f"Verification of {entry['id']} sent to the worker; the Verified column shows the outcome "

@@ -11,25 +11,20 @@ from celery import Celery
 from kombu.exceptions import KombuError
 
 import tasks
-from rollback.errors import LockHeld, RollbackError
+from rollback.errors import LockHeld
 from rollback.lock import ServiceLock, describe_holder
 from rollback.settings import Settings
 from tasks.maintenance import verify
 from tasks.restore import enqueue_restore
 from tasks.snapshot import take_snapshot
 
+from .errors import BrokerUnavailable
 from .shared import SharedStore
 
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PENDING_SNAPSHOT_KEY = "snapshot-task"
 PENDING_SNAPSHOT_TTL_SEC = 3600
 UNFINISHED_STATES = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY")
-
-
-class BrokerUnavailable(RollbackError):
-    """Redis (the broker) refused the work; nothing was started."""
-
-    http_status = 503
 
 
 def bind_celery(settings: Settings) -> Celery:

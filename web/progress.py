@@ -7,18 +7,13 @@ died before it could write the journal.
 
 from __future__ import annotations
 
-from rollback.errors import RollbackError
 from rollback.ids import validate_txn_id
-from rollback.journal import FINAL_STATES, RESTORE_STEPS, Journal, is_success, step_summary
+from rollback.journal import (FINAL_STATES, RESTORE_STEPS, Journal, StepState, TxnStatus, is_success, step_summary,
+                              total_duration)
 from rollback.settings import Settings
 
+from .errors import TxnNotFound
 from .jobs import task_state
-
-DONE_STEP_STATES = ("ok", "skipped")
-
-
-class TxnNotFound(RollbackError):
-    http_status = 404
 
 
 def restore_status(settings: Settings, txn: str) -> dict:
@@ -32,7 +27,7 @@ def restore_status(settings: Settings, txn: str) -> dict:
     if status not in FINAL_STATES:
         worker_error = next((s["task_error"] for s in steps if s.get("task_error")), None)
         if worker_error:
-            status, error = "failed", worker_error
+            status, error = TxnStatus.FAILED, worker_error
     return {
         "txn": doc["txn"],
         "status": status,
@@ -48,8 +43,8 @@ def restore_status(settings: Settings, txn: str) -> dict:
         "percent": 100 if is_success(status) else _percent(steps),
         "final": status in FINAL_STATES,
         "success": is_success(status),
-        "warnings": list(doc.get("warnings") or []),  # status succeeded_with_warnings: show them, in yellow
-        "notes": list(doc.get("notes") or []),
+        "warnings": list(doc["warnings"]),  # status succeeded_with_warnings: show them, in yellow
+        "notes": list(doc["notes"]),
         "steps": steps,
     }
 
@@ -57,14 +52,14 @@ def restore_status(settings: Settings, txn: str) -> dict:
 def _with_live_state(settings: Settings, doc: dict, step: dict) -> dict:
     task_id = (doc.get("task_ids") or {}).get(step["step"])
     step = dict(step, done=None, total=None, message=None, task_state=None)
-    if not task_id or doc["status"] in FINAL_STATES or step["status"] in DONE_STEP_STATES:
+    if not task_id or doc["status"] in FINAL_STATES or step["status"] == StepState.OK:
         return step  # the journal already says everything
     live = task_state(settings, task_id)
     step["task_state"] = live["state"]
     meta = live.get("meta") or {}
     if live["state"] == "PROGRESS" and meta.get("step") == step["step"]:
         step.update(done=meta.get("done"), total=meta.get("total"), message=meta.get("message"))
-    if live["state"] == "FAILURE" and step["status"] != "failed":
+    if live["state"] == "FAILURE" and step["status"] != StepState.FAILED:
         step["task_error"] = f"step {step['step']}: {live['error']}"
     return step
 
@@ -72,16 +67,11 @@ def _with_live_state(settings: Settings, doc: dict, step: dict) -> dict:
 def _percent(steps: list[dict]) -> int:
     finished = 0.0
     for step in steps:
-        if step["status"] in DONE_STEP_STATES:
+        if step["status"] == StepState.OK:
             finished += 1
-        elif step["status"] == "running" and step.get("total"):
+        elif step["status"] == StepState.RUNNING and step.get("total"):
             finished += min(1.0, (step["done"] or 0) / step["total"])
     return int(finished * 100 / len(RESTORE_STEPS))
-
-
-def total_duration(doc: dict) -> float | None:
-    durations = [s.get("duration_sec") for s in doc["steps"].values() if s.get("duration_sec") is not None]
-    return round(sum(durations), 3) if durations else None
 
 
 def history(settings: Settings) -> list[dict]:
@@ -97,7 +87,7 @@ def history(settings: Settings) -> list[dict]:
             "auto": bool(doc.get("auto")),
             "status": doc.get("status"),
             "error": doc.get("error"),
-            "warnings": list(doc.get("warnings") or []),
+            "warnings": list(doc["warnings"]),
             "duration_sec": total_duration(doc),
         })
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from manage.exit_codes import exit_code_for
 from rollback import canary, notify
 from rollback.errors import LockHeld, RollbackError, SnapshotNotFound
 from rollback.ids import new_txn_id
@@ -194,7 +195,7 @@ def test_the_snapshot_before_the_deploy():
 def test_deploy_ids_are_validated(bad):
     with pytest.raises(RollbackError, match="invalid deploy id") as info:
         canary.validate_deploy_id(bad)
-    assert info.value.exit_code == 2
+    assert exit_code_for(info.value) == 2
 
 
 def test_an_unreachable_webhook_is_logged_not_raised(cs):

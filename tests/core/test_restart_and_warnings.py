@@ -17,9 +17,8 @@ from rollback.errors import StepFailed
 from rollback.journal import Journal, is_success, success_status
 from rollback.lock import ServiceLock
 from rollback.restore import restore_summary, run_restore_local
+from rollback.restore_steps import NOT_RESTARTED_NOTE, RENDER_NOTE, StepContext, restart_app
 from rollback.snapshot import create_snapshot
-from rollback.steps import readyz
-from rollback.steps.context import StepContext
 from tests import state
 
 
@@ -87,7 +86,7 @@ def test_restart_runs_once_after_the_code_step_and_before_readyz(settings, tmp_p
     summary = restore_summary(doc)
     assert summary["warnings"] == []
     assert any("restarted by APP_RESTART_COMMAND" in n for n in summary["notes"])
-    assert readyz.NOT_RESTARTED_NOTE not in summary["notes"]
+    assert NOT_RESTARTED_NOTE not in summary["notes"]
 
 
 def test_a_ready_app_is_seen_within_a_fraction_of_a_second(settings, tmp_path):
@@ -167,7 +166,7 @@ def test_without_restart_command_the_summary_notes_it(settings):
     doc = run_restore_local(settings, "latest", reason="no restart command")
     summary = restore_summary(doc)
     assert summary["status"] == "succeeded"
-    assert summary["warnings"] == [] and summary["notes"] == [readyz.NOT_RESTARTED_NOTE]
+    assert summary["warnings"] == [] and summary["notes"] == [NOT_RESTARTED_NOTE]
     assert "restart" not in doc["marks"]
 
 
@@ -179,9 +178,9 @@ def test_render_strategy_runs_no_restart_command(settings, tmp_path):
     journal.create(txn, snapshot_id="x", reason="render")
     ctx = StepContext(s, txn, "readyz", {}, journal)
 
-    assert readyz.restart(ctx) == "restarted by the Render rollback deploy"
+    assert restart_app(ctx) == "restarted by the Render rollback deploy"
     assert not marker.exists()
-    assert journal.load(txn)["notes"] == [readyz.RENDER_NOTE]
+    assert journal.load(txn)["notes"] == [RENDER_NOTE]
 
 
 def test_warnings_make_a_degraded_success_everywhere(settings, tmp_path):

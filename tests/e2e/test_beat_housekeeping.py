@@ -12,9 +12,9 @@ from rollback.cleanup import clean_pre_restore
 from rollback.journal import Journal
 from rollback.manifest import Manifest
 from rollback.restore import begin_restore
+from rollback.resources.data_tree import layout
+from rollback.resources.database import pre_database_name
 from rollback.snapshot import create_snapshot
-from rollback.steps.data import layout
-from rollback.steps.db import pre_database_name
 from tests.conftest import PG_ADMIN
 from tests.e2e.helpers import wait_for
 

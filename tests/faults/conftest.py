@@ -341,8 +341,8 @@ def previous_state_lost(settings, txn: str, previous: dict) -> int:
     more nor kept (`<db>__pre_<txn>`, `<DATA_BASE_DIR>.pre-<txn>`, refs/rollback/pre-*). Must be 0, whether
     the restore finished or not."""
     from rollback.journal import Journal
-    from rollback.steps.data import layout
-    from rollback.steps.db import pre_database_name
+    from rollback.resources.data_tree import layout
+    from rollback.resources.database import pre_database_name
 
     live = Scenario(settings, {}, {}).live()
     marks = Journal(settings.backup_dir).load(txn).get("marks", {})

@@ -19,7 +19,6 @@ import random
 
 import pytest
 
-from rollback import manifest as manifest_mod
 from rollback import restore as core
 from rollback.errors import LockHeld, ManifestCorrupt, RollbackError, StepFailed
 from rollback.journal import Journal
@@ -123,11 +122,11 @@ def test_corrupt_manifest_is_a_typed_error_and_never_rewritten(signed, settings,
     rng = random.Random()
     entry = corrupt_setup
     key = "k" * 8 + os.urandom(16).hex() if signed else None
-    manifest_mod.bind_key(settings.backup_dir, key)
+    settings = settings.with_overrides(manifest_hmac_key=key)
     try:
         mpath = settings.backup_dir / "manifest.json"
         if signed:
-            Manifest(settings.backup_dir).sign()
+            Manifest.for_settings(settings).sign()
         pristine = mpath.read_bytes()
         original = json.loads(pristine)
         before = live_state(settings)
@@ -157,7 +156,7 @@ def test_corrupt_manifest_is_a_typed_error_and_never_rewritten(signed, settings,
                     except RollbackError:
                         pass
                     else:
-                        assert [e["id"] for e in Manifest(settings.backup_dir).entries()] == [entry["id"]]
+                        assert [e["id"] for e in Manifest.for_settings(settings).entries()] == [entry["id"]]
                 if outcome == "refused: manifest corrupt":
                     assert mpath.read_bytes() == mutated, "a corrupt manifest was rewritten"
             finally:
@@ -177,7 +176,7 @@ def test_corrupt_manifest_is_a_typed_error_and_never_rewritten(signed, settings,
         if undetected:
             case.note("undetected without the key: " + "; ".join(sorted(set(undetected))[:8]))
     finally:
-        manifest_mod.bind_key(settings.backup_dir, None)
+        settings = settings.with_overrides(manifest_hmac_key=None)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -203,9 +202,9 @@ def test_signed_manifest_refuses_a_forged_entry_and_a_stripped_signature(setting
     case = figures.case(2, "tampered signed manifest (forged entry, stripped HMAC, other key)")
     entry = corrupt_setup
     key = os.urandom(24).hex()
-    manifest_mod.bind_key(settings.backup_dir, key)
+    settings = settings.with_overrides(manifest_hmac_key=key)
     try:
-        Manifest(settings.backup_dir).sign()
+        Manifest.for_settings(settings).sign()
         mpath = settings.backup_dir / "manifest.json"
         signed = mpath.read_bytes()
         before = live_state(settings)
@@ -224,21 +223,21 @@ def test_signed_manifest_refuses_a_forged_entry_and_a_stripped_signature(setting
                 create_snapshot(settings)
             assert mpath.read_bytes() == raw
         mpath.write_bytes(signed)
-        manifest_mod.bind_key(settings.backup_dir, os.urandom(24).hex())  # a different key
+        settings = settings.with_overrides(manifest_hmac_key=os.urandom(24).hex())  # a different key
         outcome, detail = attempt_restore(settings, entry["id"])
         case.run(outcome)
         assert outcome == "refused: manifest corrupt" and "HMAC mismatch" in detail
-        manifest_mod.bind_key(settings.backup_dir, None)  # no key at all: reads work, rewrites refused
+        settings = settings.with_overrides(manifest_hmac_key=None)  # no key at all: reads work, rewrites refused
         with pytest.raises(RollbackError, match="signed"):
             verify_snapshot(settings, entry["id"])
         assert mpath.read_bytes() == signed
         assert live_state(settings) == before
     finally:
-        manifest_mod.bind_key(settings.backup_dir, None)
+        settings = settings.with_overrides(manifest_hmac_key=None)
 
 
 def test_snapshot_and_restore_work_with_a_signed_manifest(settings):
-    manifest_mod.bind_key(settings.backup_dir, os.urandom(24).hex())
+    settings = settings.with_overrides(manifest_hmac_key=os.urandom(24).hex())
     try:
         before = state.capture(settings)
         first = create_snapshot(settings)
@@ -247,18 +246,18 @@ def test_snapshot_and_restore_work_with_a_signed_manifest(settings):
         doc = core.run_restore_local(settings, first["id"], reason="signed")
         assert doc["status"] == "succeeded" and state.capture(settings) == before
         verify_snapshot(settings, first["id"])  # a rewrite keeps it signed
-        assert Manifest(settings.backup_dir).entries()[0]["verified"]["ok"] is True
+        assert Manifest.for_settings(settings).entries()[0]["verified"]["ok"] is True
     finally:
-        manifest_mod.bind_key(settings.backup_dir, None)
+        settings = settings.with_overrides(manifest_hmac_key=None)
 
 
 def test_cli_with_the_key_refuses_a_tampered_manifest(settings, env):
     key = os.urandom(24).hex()
-    manifest_mod.bind_key(settings.backup_dir, key)
+    settings = settings.with_overrides(manifest_hmac_key=key)
     try:
         create_snapshot(settings)
     finally:
-        manifest_mod.bind_key(settings.backup_dir, None)
+        settings = settings.with_overrides(manifest_hmac_key=None)
     mpath = settings.backup_dir / "manifest.json"
     doc = json.loads(mpath.read_text())
     doc["snapshots"][0]["notes"] = "edited by someone without the key"
@@ -280,7 +279,7 @@ def test_lock_held_is_not_a_refusal_reason_here(settings):
 
 def test_preflight_checks_the_recorded_tar_size(settings, corrupt_setup):
     entry = corrupt_setup
-    Manifest(settings.backup_dir).update(entry["id"], artifacts=dict(
+    Manifest.for_settings(settings).update(entry["id"], artifacts=dict(
         entry["artifacts"], data=dict(entry["artifacts"]["data"], tar_bytes=entry["artifacts"]["data"]["tar_bytes"] // 4)))
     before = live_state(settings)
     with pytest.raises(StepFailed) as failed:

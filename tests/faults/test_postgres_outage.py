@@ -134,7 +134,7 @@ def test_postgres_down_during_pg_restore(strategy, outage_scenario, figures, pri
 def test_postgres_down_longer_than_the_in_place_undo_waits(outage_scenario, figures, monkeypatch, private_postgres):
     """In-place, the server stays down past the undo's wait: the db step is `interrupted`, the transaction
     stays open and keeps the service (nothing runs on the half-restored database); resume puts it right."""
-    from rollback.steps import db as db_step
+    from rollback.resources import database as db_step
 
     monkeypatch.setattr(db_step, "UNDO_RETRY_SEC", 2.0)
     scenario = outage_scenario

@@ -7,8 +7,8 @@ import pytest
 from rollback.errors import RollbackError
 from rollback.journal import Journal
 from rollback.render import RenderApiError, RenderClient, RenderRateLimited, find_rollback_target
-from rollback.steps.code import RenderStrategy
-from rollback.steps.context import StepContext
+from rollback.resources.code import RenderStrategy
+from rollback.restore_steps import StepContext
 from tests.render.fake_render import Fault
 
 OLD, NEW = "a" * 40, "b" * 40
@@ -154,7 +154,7 @@ def test_a_failed_rollback_deploy_fails_the_step(fake_render, tmp_path):
 
 def test_settings_select_the_render_strategy(env, fake_render):
     from rollback.settings import Settings
-    from rollback.steps.code import strategy_for
+    from rollback.resources.code import strategy_for
 
     s = Settings.from_env(dict(env, CODE_ROLLBACK_STRATEGY="render", RENDER_API_KEY=fake_render.api_key,
                                RENDER_SERVICE_ID=fake_render.service_id, RENDER_API_URL=fake_render.url))

@@ -147,7 +147,7 @@ def test_no_secret_in_argv_logs_results_or_journal_and_backup_dir_is_private(set
 def test_the_password_reaches_libpq_through_the_environment_only(settings, live_env):
     """The positive side of the rule: pg_dump gets PGPASSWORD in its environment and nothing in argv."""
     from rollback.settings import Settings
-    from rollback.steps.db import dump_database
+    from rollback.resources.database import dump_database
 
     password = "pw-" + secrets.token_hex(8)
     db = settings.database

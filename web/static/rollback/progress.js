@@ -4,7 +4,7 @@
   var root = document.getElementById("progress");
   if (!root) { return; }
   var url = root.getAttribute("data-status-url");
-  var BADGES = { ok: "success", failed: "danger", running: "primary", interrupted: "warning", skipped: "info" };
+  var BADGES = { ok: "success", failed: "danger", running: "primary", interrupted: "warning" };
   var POLL_MS = 1000;
 
   function setText(el, text) { if (el) { el.textContent = text; } }

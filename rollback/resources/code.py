@@ -1,4 +1,5 @@
-"""Code: bring APP_REPO_DIR back to the snapshot's revision, behind a small strategy interface.
+"""Code: APP_REPO_DIR's revision, read for a snapshot and brought back for a restore, behind a small
+strategy interface.
 
 `git` (default) moves HEAD with `git reset --hard`; the revision it replaces and any uncommitted
 tracked changes are kept under refs/rollback/ so nothing is lost. `render` asks Render's API to
@@ -10,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from .. import render
+from .. import logbook, render
 from ..errors import RollbackError
 from ..fsutil import syncfs
 from ..proc import output, run
 from ..settings import Settings
-from .context import StepContext
+from . import ResumableStep
 
 GIT_TIMEOUT = 120
 
@@ -23,7 +24,7 @@ GIT_TIMEOUT = 120
 class CodeStrategy(Protocol):
     def current_revision(self) -> tuple[str, bool]: ...
     def check_available(self, revision: str) -> None: ...
-    def restore(self, ctx: StepContext, revision: str) -> str: ...
+    def restore(self, step: ResumableStep, revision: str) -> str: ...
 
 
 class GitStrategy:
@@ -48,24 +49,24 @@ class GitStrategy:
         except RollbackError:
             raise RollbackError(f"revision {revision} is not in the git repository {self.repo}") from None
 
-    def restore(self, ctx: StepContext, revision: str) -> str:
+    def restore(self, step: ResumableStep, revision: str) -> str:
         # First: a git command killed in an earlier attempt leaves index.lock, on which `stash create`
         # and `reset` would fail forever (and which would break the next deploy's git).
-        self._clear_stale_index_lock(ctx)
+        self._clear_stale_index_lock(step)
         head, dirty = self.current_revision()
         if head == revision and not dirty:
             syncfs(self.repo)  # an earlier attempt may have reset the tree and died before syncing it
             return f"already at {revision[:12]}"
-        tag = ctx.txn.removeprefix("txn-")
-        if not ctx.marks().get("code_pre_ref"):
+        tag = step.txn.removeprefix("txn-")
+        if not step.marks().get("code_pre_ref"):
             self._git("update-ref", f"refs/rollback/pre-{tag}", head)
-            ctx.mark("code_pre_ref", {"ref": f"refs/rollback/pre-{tag}", "commit": head})
+            step.mark("code_pre_ref", {"ref": f"refs/rollback/pre-{tag}", "commit": head})
         if dirty:
-            stash = self._git("stash", "create", f"rollback {ctx.txn}: uncommitted changes before restore")
+            stash = self._git("stash", "create", f"rollback {step.txn}: uncommitted changes before restore")
             if stash:
                 self._git("update-ref", f"refs/rollback/stash-{tag}", stash)
-                ctx.mark("code_stash_ref", f"refs/rollback/stash-{tag}")
-        ctx.progress(1, 2, f"git reset --hard {revision[:12]}")
+                step.mark("code_stash_ref", f"refs/rollback/stash-{tag}")
+        step.progress(1, 2, f"git reset --hard {revision[:12]}")
         self._git("reset", "--hard", "--quiet", revision)
         syncfs(self.repo)  # the journal will say "code ok": the working tree must be on disk first
         now, _ = self.current_revision()
@@ -74,16 +75,14 @@ class GitStrategy:
         saved = f"; uncommitted changes kept in refs/rollback/stash-{tag}" if dirty else ""
         return f"{head[:12]} -> {revision[:12]} (previous kept as refs/rollback/pre-{tag}{saved})"
 
-    def _clear_stale_index_lock(self, ctx: StepContext) -> None:
+    def _clear_stale_index_lock(self, step: ResumableStep) -> None:
         """A worker killed during `git reset` leaves .git/index.lock; a re-run of this step (we hold the
         service lock) would fail on it forever. Remove it, and say so in the log."""
         lock = Path(self._git("rev-parse", "--git-path", "index.lock"))
         lock = lock if lock.is_absolute() else self.repo / lock
         if lock.exists():
             lock.unlink()
-            from .. import logbook
-
-            logbook.rollback_event(ctx.settings.rollback_log, ctx.txn, "code", "stale_lock_removed", path=str(lock))
+            logbook.rollback_event(step.settings.rollback_log, step.txn, "code", "stale_lock_removed", path=str(lock))
 
 
 class RenderStrategy:
@@ -108,19 +107,19 @@ class RenderStrategy:
     def check_available(self, revision: str) -> None:
         render.find_rollback_target(self.client, revision)
 
-    def restore(self, ctx: StepContext, revision: str) -> str:
+    def restore(self, step: ResumableStep, revision: str) -> str:
         # A re-run (the worker restarts when Render swaps the instance) follows the deploy it started.
-        started = ctx.marks().get("render_rollback")
+        started = step.marks().get("render_rollback")
         if not started:
             target = render.find_rollback_target(self.client, revision)
             if target.status == render.LIVE:
                 return f"Render deploy {target.id} of {revision[:12]} is already live"
-            ctx.progress(1, 2, f"Render rollback to deploy {target.id} ({revision[:12]})")
+            step.progress(1, 2, f"Render rollback to deploy {target.id} ({revision[:12]})")
             new = self.client.rollback(target.id)
             started = {"target": target.id, "deploy": new.id}
-            ctx.mark("render_rollback", started)
+            step.mark("render_rollback", started)
         render.wait_until_live(self.client, started["deploy"], self.timeout, self.interval,
-                               progress=lambda m: ctx.progress(1, 2, m))
+                               progress=lambda m: step.progress(1, 2, m))
         return f"Render rollback to deploy {started['target']} ({revision[:12]}): deploy {started['deploy']} live"
 
 
@@ -130,13 +129,3 @@ def strategy_for(settings: Settings) -> CodeStrategy:
     if settings.code_rollback_strategy == "render":
         return RenderStrategy.from_settings(settings)
     raise RollbackError(f"CODE_ROLLBACK_STRATEGY {settings.code_rollback_strategy} is not available")
-
-
-def restore_code(ctx: StepContext) -> str:
-    revision = ctx.snapshot.get("app_revision")
-    if not revision:
-        return "the snapshot recorded no code revision; code left as it is"
-    ctx.progress(0, 2, f"code back to {revision[:12]}")
-    detail = strategy_for(ctx.settings).restore(ctx, revision)
-    ctx.progress(2, 2, detail)
-    return detail

@@ -1,10 +1,10 @@
-"""The protected app's own processes: its commands run in its environment, and its restart.
+"""The protected app's own commands, run in its environment: ALEMBIC_COMMAND and APP_RESTART_COMMAND.
 
-Two commands belong to the app rather than to this service: ALEMBIC_COMMAND (e.g. Flask-Migrate's
-`flask --app microblog db`, whose env.py needs the app) and APP_RESTART_COMMAND (a shell command that
-restarts the app's processes after the code step). Both run in APP_REPO_DIR, with this process's
-environment plus DATABASE_URL exactly as configured, in a process group of their own so that a
-timeout ends everything they started, and with their combined output kept for the error message.
+Both belong to the app rather than to this service (e.g. Flask-Migrate's `flask --app microblog db`,
+whose env.py needs the app; a shell command that restarts the app's processes). They run with this
+process's environment plus DATABASE_URL exactly as configured, in a process group of their own so
+that a timeout ends everything they started, and with their combined output kept for the error
+message.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from .settings import Settings
 TAIL_LINES = 20
 TAIL_CHARS = 2000
 TERM_GRACE_SEC = 2.0
-RESTART_LOG = "app-restart.log"
 
 
 @dataclass
@@ -135,34 +134,3 @@ def _tail(out, offset: int) -> str:
     text = out.read().decode("utf-8", "replace")
     lines = text.rstrip("\n").splitlines()[-TAIL_LINES:]
     return mask_secrets("\n".join(lines)[-TAIL_CHARS:])
-
-
-def restart_app(settings: Settings, txn: str | None = None) -> AppCommandResult:
-    """Run APP_RESTART_COMMAND through /bin/sh -c in APP_REPO_DIR, within APP_RESTART_TIMEOUT_SEC.
-
-    Its output is appended to LOG_DIR/app-restart.log (where an app it starts in the background
-    keeps writing, visibly) and its tail is returned.
-    """
-    command = settings.app_restart_command
-    if not command:
-        raise ValueError("APP_RESTART_COMMAND is not set")
-    log_path = settings.log_dir / RESTART_LOG
-    try:
-        _append_header(log_path, txn)
-        result = run_app_command(["/bin/sh", "-c", command], cwd=settings.app_repo_dir, env=app_env(settings),
-                                 timeout=settings.app_restart_timeout_sec, output_path=log_path)
-    except OSError as exc:  # LOG_DIR not writable: the command never ran
-        now = utc_now_iso()
-        result = AppCommandResult(command, None, 0.0, "", start_error=f"{log_path}: {exc.strerror or exc}",
-                                  started_at=now, finished_at=now)
-    result.command = mask_secrets(command)
-    return result
-
-
-def _append_header(log_path: Path, txn: str | None) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"--- {utc_now_iso()} APP_RESTART_COMMAND (restore {txn or '-'}) ---\n".encode())
-    finally:
-        os.close(fd)

@@ -1,1 +1,0 @@
-"""Restore and snapshot steps: each a plain function of a StepContext."""
