@@ -5,10 +5,8 @@ reach the journal, the summary, the API status and the console pages."""
 from __future__ import annotations
 
 import re
-import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,36 +18,14 @@ from rollback.restore import restore_summary, run_restore_local
 from rollback.restore_steps import NOT_RESTARTED_NOTE, RENDER_NOTE, StepContext, restart_app
 from rollback.snapshot import create_snapshot
 from tests import state
+from tests.status_server import StatusServer
 
 
-class GateServer:
+class GateServer(StatusServer):
     """READYZ_URL of an app that answers 200 only once its restart has left `marker`."""
 
     def __init__(self, marker: Path):
-        self.marker, self.answers = marker, []
-        gate = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                code = 200 if gate.marker.exists() else 503
-                gate.answers.append((time.time(), code))
-                self.send_response(code)
-                self.end_headers()
-
-            def log_message(self, *args):
-                return None
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/readyz"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(lambda: 200 if marker.exists() else 503)
 
 
 def _iso(value: str) -> float:

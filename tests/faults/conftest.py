@@ -18,13 +18,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests import state
+from tests.status_server import StatusServer
 from tests.conftest import PG_ADMIN, REDIS_URL, ROOT
 from tests.faults import figures as figures_mod
 from tests.private_services import (
@@ -192,39 +192,20 @@ def workers(tmp_path, redis_db, celery_app):
 
 
 # -- a readyz the test controls -------------------------------------------------------------------
-class GateServer:
+class GateServer(StatusServer):
     """/readyz that answers 503 until `open()`, then 200: holds a restore in its last step."""
 
     def __init__(self, start_open: bool = False):
         self.ready = threading.Event()
         if start_open:
             self.ready.set()
-        gate = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                code = 200 if gate.ready.is_set() else 503
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                return None
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/readyz"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(lambda: 200 if self.ready.is_set() else 503)
 
     def open(self) -> None:
         self.ready.set()
 
     def close(self) -> None:
         self.ready.clear()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.thread.join(5)
 
 
 _ALWAYS_READY: list = []
