@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fault-injection and abuse suite of issue 5, and the table of docs/reliability.md, from one command.
+# The fault-injection and abuse suite, and the table of docs/reliability.md, from one command.
 #
 #   scripts/fault_suite.sh            full counts (FAULT_RUNS=full: 20 kills per step and mode, 300 mutations
 #                                     per artifact, ~700 hostile archives, 20 rounds of 10 requests, ...)

@@ -134,7 +134,7 @@ def swap_databases(settings: Settings, live: str, new: str, pre: str) -> None:
                 if pg.database_exists(conn, live) and not pg.database_exists(conn, pre):
                     pg.swap_database_names(conn, live, new, pre)
                 elif not pg.database_exists(conn, live):
-                    pg.rename_database(conn, new, live)  # a journal written by a version with two renames
+                    pg.rename_database(conn, new, live)  # the live one was dropped by hand: the restored one takes its name
                 else:
                     raise RollbackError(f"{live}, {new} and {pre} all exist; resolve by hand (nothing was renamed)")
             if not pg.database_exists(conn, live):

@@ -1,4 +1,4 @@
-"""The audit trail of privileged actions (issue 5, hardening): who, from where, what, with what outcome.
+"""The audit trail of privileged actions (hardening): who, from where, what, with what outcome.
 
 The web adapter writes AUDIT lines for every console and API action (tests/web). This file tests
 `rollback.logbook.audit` itself and that the CLI writes one AUDIT line per privileged command.
