@@ -129,6 +129,9 @@ class Settings:
     render_api_key: str | None = field(default=None, repr=False)
     render_service_id: str | None = None
     render_api_url: str = "https://api.render.com/v1"
+    # Builds Render keeps for rollbacks (Hobby workspace: 5; see docs/deploy-render.md); older commits are rebuilt
+    render_build_retention: int = 5
+    render_disable_autodeploy_on_rollback: bool = True
     # HMAC over manifest.json (rollback/manifest.py); the key lives outside BACKUP_DIR
     manifest_hmac_key: str | None = field(default=None, repr=False)
     # The protected app's own tools: Alembic in its environment, and how to restart its processes
@@ -192,6 +195,8 @@ class Settings:
             render_api_key=render_key,
             render_service_id=render_service,
             render_api_url=_url(env, "RENDER_API_URL", "https://api.render.com/v1").rstrip("/"),
+            render_build_retention=_int(env, "RENDER_BUILD_RETENTION", 5, minimum=1, maximum=1000),
+            render_disable_autodeploy_on_rollback=env_bool(env, "RENDER_DISABLE_AUTODEPLOY_ON_ROLLBACK", True),
             manifest_hmac_key=_hmac_key(env),
             alembic_command=_command(env, "ALEMBIC_COMMAND"),
             app_restart_command=env.get("APP_RESTART_COMMAND", "").strip() or None,

@@ -8,6 +8,7 @@
 # On Render the deploy id defaults to render-<first 12 of RENDER_GIT_COMMIT>, the same in both phases.
 # DEPLOY_HOOK_SKIP_PRE=1 skips the check and the snapshot (the very first deploy: no worker is running yet).
 # DEPLOY_HOOK_SKIP_CHECK=1 takes the snapshot even when `check` fails (a hotfix while the app is down).
+# With CODE_ROLLBACK_STRATEGY=render, `pre` skips the deploy a restore itself started (see restore_deploy).
 # Python: ROLLBACK_PYTHON, else this service's .venv/venv, else python3 (scripts/_python.sh).
 # Exit codes are the CLI's: 0 ok / ready, 1 failed / not ready (rolled back or not), 2 bad input, 3 busy.
 set -euo pipefail
@@ -20,7 +21,7 @@ default_id=${RENDER_GIT_COMMIT:+render-${RENDER_GIT_COMMIT:0:12}}
 BUSY_RETRIES=${DEPLOY_HOOK_BUSY_RETRIES:-10}
 BUSY_SLEEP=${DEPLOY_HOOK_BUSY_SLEEP:-2}
 
-usage() { sed -n 2,13p "$0" >&2; exit 2; }
+usage() { sed -n 2,14p "$0" >&2; exit 2; }
 
 check() {
   if [ "${DEPLOY_HOOK_SKIP_CHECK:-0}" = "1" ]; then
@@ -38,9 +39,38 @@ check() {
   fi
 }
 
+# The code step of a restore on Render starts a rollback (or rebuild) deploy, and Render runs this
+# pre-deploy command for it too. A snapshot then would meet the restore's own lock and fail the deploy
+# that completes the restore. Render gives the pre-deploy command RENDER_GIT_COMMIT but no deploy id,
+# so the deploy is recognised by two facts: Render's deploy in pre_deploy_in_progress is a rollback or
+# API deploy of RENDER_GIT_COMMIT (python -m rollback.render restore-deploy), and the worker is running
+# a restore's code step (celery inspect active). Both true: no check, no snapshot, exit 0.
+restore_deploy() {
+  [ "${CODE_ROLLBACK_STRATEGY:-}" = "render" ] && [ -n "${RENDER_GIT_COMMIT:-}" ] || return 1
+  local deploy rc=0 active
+  deploy=$("$ROLLBACK_PY" -m rollback.render restore-deploy "$RENDER_GIT_COMMIT") || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    [ "$rc" -eq 1 ] || echo "deploy_hook: could not ask Render which deploy this is; treated as a normal deploy" >&2
+    return 1
+  fi
+  active=$("$ROLLBACK_PY" -m celery -A tasks inspect active --json --timeout "${DEPLOY_HOOK_INSPECT_TIMEOUT:-5}" \
+           2>/dev/null) || active=
+  case "$active" in
+    *'"rollback.restore.code"'*)
+      echo "deploy_hook: Render deploy $deploy was started by the code step of a restore in progress:" \
+           "no check and no snapshot (the restore holds the service; its pre-restore state is kept)" >&2
+      return 0 ;;
+  esac
+  echo "deploy_hook: Render deploy $deploy is a rollback, but no restore is in its code step: a normal deploy" >&2
+  return 1
+}
+
 pre() {
   if [ "${DEPLOY_HOOK_SKIP_PRE:-0}" = "1" ]; then
     echo "deploy_hook: DEPLOY_HOOK_SKIP_PRE=1, no snapshot taken" >&2
+    return 0
+  fi
+  if restore_deploy; then
     return 0
   fi
   local deploy_id=$default_id extra=()

@@ -23,7 +23,7 @@ GIT_TIMEOUT = 120
 
 class CodeStrategy(Protocol):
     def current_revision(self) -> tuple[str, bool]: ...
-    def check_available(self, revision: str) -> None: ...
+    def check_available(self, revision: str) -> str | None: ...  # how the revision will come back, when worth saying
     def restore(self, step: ResumableStep, revision: str) -> str: ...
 
 
@@ -85,18 +85,27 @@ class GitStrategy:
             logbook.rollback_event(step.settings.rollback_log, step.txn, "code", "stale_lock_removed", path=str(lock))
 
 
-class RenderStrategy:
-    """Code lives in Render's deploys: the revision is the live deploy's commit, a restore is a rollback."""
+AUTODEPLOY_OFF_NOTE = ("Render auto-deploy was turned off (RENDER_DISABLE_AUTODEPLOY_ON_ROLLBACK=true) so that the "
+                       "next push does not deploy over the restored code; turn it back on in the Render Dashboard "
+                       "(service Settings > Auto-Deploy) or with PATCH /v1/services/{id} {\"autoDeploy\": \"yes\"} "
+                       "once the fix is pushed")
 
-    def __init__(self, client: render.RenderClient, timeout: float, interval: float):
+
+class RenderStrategy:
+    """Code lives in Render's deploys: the revision is the live deploy's commit; a restore is a rollback
+    to the commit's retained build, or a rebuild of the commit when Render no longer keeps that build."""
+
+    def __init__(self, client: render.RenderClient, timeout: float, interval: float, retention: int = 5,
+                 disable_autodeploy: bool = True):
         self.client, self.timeout, self.interval = client, timeout, interval
+        self.retention, self.disable_autodeploy = retention, disable_autodeploy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "RenderStrategy":
         """A Render deploy is waited for like an external command, polled like /readyz."""
-        client = render.RenderClient(settings.render_api_url, settings.render_api_key or "",
-                                     settings.render_service_id or "")
-        return cls(client, timeout=settings.command_timeout_sec, interval=settings.ready_interval_sec)
+        return cls(render.RenderClient.from_settings(settings), timeout=settings.command_timeout_sec,
+                   interval=settings.ready_interval_sec, retention=settings.render_build_retention,
+                   disable_autodeploy=settings.render_disable_autodeploy_on_rollback)
 
     def current_revision(self) -> tuple[str, bool]:
         live = self.client.live_deploy()
@@ -104,23 +113,47 @@ class RenderStrategy:
             raise RollbackError(f"Render service {self.client.service_id} has no live deploy with a commit")
         return live.commit, False  # a Render deploy is a build of a commit: nothing uncommitted
 
-    def check_available(self, revision: str) -> None:
-        render.find_rollback_target(self.client, revision)
+    def check_available(self, revision: str) -> str:
+        """The preflight's decision (raises when Render cannot bring the commit back at all)."""
+        return render.plan_code_restore(self.client, revision, self.retention).describe()
 
     def restore(self, step: ResumableStep, revision: str) -> str:
         # A re-run (the worker restarts when Render swaps the instance) follows the deploy it started.
         started = step.marks().get("render_rollback")
         if not started:
-            target = render.find_rollback_target(self.client, revision)
-            if target.status == render.LIVE:
-                return f"Render deploy {target.id} of {revision[:12]} is already live"
-            step.progress(1, 2, f"Render rollback to deploy {target.id} ({revision[:12]})")
-            new = self.client.rollback(target.id)
-            started = {"target": target.id, "deploy": new.id}
+            plan = render.plan_code_restore(self.client, revision, self.retention)
+            if plan.action == render.ALREADY_LIVE:
+                return plan.describe()
+            step.progress(1, 2, plan.describe())
+            if plan.action == render.ROLLBACK:
+                new = self.client.rollback(plan.deploy)
+            else:
+                new = self.client.deploy_commit(revision)
+            started = {"target": plan.deploy.id, "deploy": new.id, "action": plan.action, "commit": revision}
             step.mark("render_rollback", started)
+        self._turn_autodeploy_off(step)
         render.wait_until_live(self.client, started["deploy"], self.timeout, self.interval,
                                progress=lambda m: step.progress(1, 2, m))
+        if started.get("action") == render.REBUILD:
+            return (f"Render rebuild of {revision[:12]} (build of {started['target']} expired): "
+                    f"deploy {started['deploy']} live")
         return f"Render rollback to deploy {started['target']} ({revision[:12]}): deploy {started['deploy']} live"
+
+    def _turn_autodeploy_off(self, step: ResumableStep) -> None:
+        """Render's API rollback leaves auto-deploy on: the next push would deploy over the restore."""
+        if not self.disable_autodeploy or "render_autodeploy_off" in step.marks():
+            return
+        try:
+            self.client.set_auto_deploy(False)
+        except render.RenderApiError as exc:  # the code still comes back: a warning, not a failed step
+            step.mark("render_autodeploy_off", False)
+            step.journal.add_warning(step.txn, f"Render auto-deploy is still on: turning it off failed ({exc}); "
+                                               f"turn it off in the Render Dashboard before the next push")
+            return
+        step.mark("render_autodeploy_off", True)
+        step.journal.add_note(step.txn, AUTODEPLOY_OFF_NOTE)
+        logbook.rollback_event(step.settings.rollback_log, step.txn, "code", "autodeploy_off",
+                               service=self.client.service_id)
 
 
 def strategy_for(settings: Settings) -> CodeStrategy:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from rollback.errors import RollbackError
@@ -14,17 +16,18 @@ from tests.render.fake_render import Fault
 OLD, NEW = "a" * 40, "b" * 40
 
 
-def strategy(fake, sleeps=None, timeout=5.0, key=None):
+def strategy(fake, sleeps=None, timeout=5.0, key=None, retention=5, request_timeout=15.0):
     client = RenderClient(fake.url, key or fake.api_key, fake.service_id,
-                          sleep=(sleeps.append if sleeps is not None else (lambda s: None)))
-    return RenderStrategy(client, timeout=timeout, interval=0.01)
+                          sleep=(sleeps.append if sleeps is not None else (lambda s: None)), timeout=request_timeout)
+    return RenderStrategy(client, timeout=timeout, interval=0.01, retention=retention)
 
 
 def step_context(tmp_path, snapshot=None) -> StepContext:
     journal = Journal(tmp_path / "backup")
     txn = "txn-20260101T000000Z-abcdef"
     journal.create(txn, snapshot_id="20260101T000000Z-abcdef")
-    return StepContext(None, txn, "code", snapshot or {"app_revision": OLD}, journal)
+    settings = SimpleNamespace(rollback_log=tmp_path / "logs" / "rollback.log")  # all the code step reads
+    return StepContext(settings, txn, "code", snapshot or {"app_revision": OLD}, journal)
 
 
 def history(fake, *, old_at: int, total: int) -> dict:
@@ -42,7 +45,7 @@ def history(fake, *, old_at: int, total: int) -> dict:
 def test_rollback_follows_the_cursor_and_waits_until_live(fake_render, tmp_path):
     good = history(fake_render, old_at=130, total=150)  # page 2 of 100
     ctx = step_context(tmp_path)
-    detail = strategy(fake_render).restore(ctx, OLD)
+    detail = strategy(fake_render, retention=1000).restore(ctx, OLD)
 
     reqs = fake_render.requests
     lists = [r for r in reqs if r["path"] == f"/v1/services/{fake_render.service_id}/deploys"]
@@ -53,7 +56,8 @@ def test_rollback_follows_the_cursor_and_waits_until_live(fake_render, tmp_path)
     assert post["body"] == {"deployId": good["id"]}
     new_id = ctx.marks()["render_rollback"]["deploy"]
     polls = [r for r in reqs if r["path"].endswith(f"/deploys/{new_id}")]
-    assert len(polls) == fake_render.rollout_polls
+    # queued -> pre_deploy_in_progress -> update_in_progress -> live: no build for a rollback
+    assert len(polls) == 4
     assert all(r["auth"] == f"Bearer {fake_render.api_key}" for r in reqs)
     assert fake_render.live()["commit"]["id"] == OLD and fake_render.live()["trigger"] == "rollback"
     assert good["id"] in detail and new_id in detail and "live" in detail
