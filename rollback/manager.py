@@ -8,6 +8,7 @@ from . import logbook
 from .errors import LockHeld, RollbackError
 from .restore import run_restore_local
 from .settings import Settings
+from .verify import needs_verification_after_restore, verify_after_standby_restore
 
 
 def restore_latest_backup(reason: str, auto: bool = False, settings: Settings | None = None,
@@ -23,6 +24,8 @@ def restore_latest_backup(reason: str, auto: bool = False, settings: Settings | 
     outcome, details = "failed", {"reason": reason, "auto": str(bool(auto)).lower(), "by": requested_by}
     try:
         doc = run_restore_local(settings, "latest", reason=reason, auto=auto, requested_by=requested_by)
+        if needs_verification_after_restore(doc):  # the warm preflight did not hash the artifacts: now
+            verify_after_standby_restore(settings, doc["snapshot_id"], doc["txn"])
         outcome = "ok"
         details.update(txn=doc["txn"], snapshot=doc["snapshot_id"], status=doc["status"])
         return doc

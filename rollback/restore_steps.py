@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import logbook, migrations_info, standby
-from .errors import PreflightFailed, RollbackError, StepFailed
+from .errors import IntegrityError, PreflightFailed, RollbackError, StepFailed
 from .http_probe import wait_until_ready
 from .journal import Journal
+from .fsutil import sha256_file
 from .progress import NO_PROGRESS, Progress
 from .resources import app_process, code, data_tree, database
 from .settings import Settings
@@ -25,6 +26,7 @@ from .verify import verify_artifacts
 
 NOT_RESTARTED_NOTE = ("the app process was not restarted (APP_RESTART_COMMAND is not set): "
                       "it may still run the replaced code")
+WARM_ARTIFACTS_NOTE = "artifacts not read (standby sealed, tree unchanged); their SHA-256 is checked after the restore"
 RENDER_NOTE = ("the app was restarted by Render's rollback deploy (CODE_ROLLBACK_STRATEGY=render); "
                "APP_RESTART_COMMAND is not run")
 
@@ -58,20 +60,29 @@ class StepContext:
 
 # -- preflight --------------------------------------------------------------------------------------
 def preflight(ctx: StepContext) -> str:
-    """Every check that can fail before anything is changed."""
+    """Every check that can fail before anything is changed.
+
+    A cold restore reads the artifacts, so they are all hashed here first. A standby-backed one does
+    not: the standby's seal and fingerprint are its check, and the artifacts are verified in the
+    background after the restore (verify.verify_after_standby_restore), so their size never delays it."""
     settings, snap = ctx.settings, ctx.snapshot
     cold, standby_note = _choose_standby(ctx)
-    checks = verify_artifacts(settings, snap, progress=ctx.progress.fraction(0, 0.5), scan_data=cold)
+    if cold:
+        checks = verify_artifacts(settings, snap, progress=ctx.progress.fraction(0, 0.5), scan_data=True)
+    else:
+        checks = [WARM_ARTIFACTS_NOTE]
+    ctx.mark("artifacts_verified", cold)
     wanted = snap.get("alembic_revision")
     if not migrations_info.is_known_revision(settings, wanted):
         raise PreflightFailed(f"the snapshot's Alembic revision {wanted} is unknown to the deployed code "
                               f"({settings.alembic_config}); refusing to restore a schema it cannot manage")
+    code_line = "code revision available"
     if snap.get("app_revision"):
-        code.strategy_for(settings).check_available(snap["app_revision"])
+        code_line = code.strategy_for(settings).check_available(snap["app_revision"]) or code_line
     if cold:
         _check_room(settings, snap)  # the standby tree is already on disk: nothing more to stage
     ctx.progress(1, 1, "preflight passed")
-    return "; ".join(checks + ["alembic revision known", "code revision available", "disk space ok", standby_note])
+    return "; ".join(checks + ["alembic revision known", code_line, "disk space ok", standby_note])
 
 
 def _choose_standby(ctx: StepContext) -> tuple[bool, str]:
@@ -102,7 +113,23 @@ def restore_db(ctx: StepContext) -> str:
     """Dispatch on DB_RESTORE_STRATEGY (the journal pins the choice for re-runs)."""
     strategy = ctx.marks().get("db_strategy") or ctx.settings.db_restore_strategy
     ctx.mark("db_strategy", strategy)
-    return _restore_db_swap(ctx) if strategy == "swap" else database.restore_in_place(ctx)
+    if strategy == "swap":
+        return _restore_db_swap(ctx)
+    _check_dump_before_reading(ctx)  # in-place reads the dump even when the standby serves the data step
+    return database.restore_in_place(ctx)
+
+
+def _check_dump_before_reading(ctx: StepContext) -> None:
+    """A warm preflight does not hash the dump; a db step that reads it after all (the standby database
+    could not be taken, or the in-place strategy) checks it first, before anything is changed."""
+    if ctx.marks().get("artifacts_verified"):
+        return
+    record = ctx.snapshot["artifacts"]["db"]
+    ctx.progress(0, 3, f"checking the SHA-256 of {record['file']} (the preflight used the standby)")
+    digest, size = sha256_file(ctx.artifact_path("db"))
+    if (digest, size) != (record["sha256"], record["size"]):
+        raise IntegrityError(f"{record['file']} does not match its recorded SHA-256 and size; nothing was changed "
+                             f"(python -m manage.rollback verify {ctx.snapshot['id']})")
 
 
 def _restore_db_swap(ctx: StepContext) -> str:
@@ -117,6 +144,7 @@ def _restore_db_swap(ctx: StepContext) -> str:
     if phase is None:
         ctx.progress(0, 3, f"pg_restore -j{settings.restore_jobs} into {new}")
         try:
+            _check_dump_before_reading(ctx)
             database.restore_into_new(settings, ctx.artifact_path("db"), new, ctx.snapshot.get("alembic_revision"))
         except (RollbackError, OSError) as exc:
             _drop_quietly(ctx, new)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import logbook
 from .archive import measure_archive
 from .errors import IntegrityError, RollbackError
 from .fsutil import sha256_file
 from .ids import utc_now_iso
+from .journal import FINAL_STATES, StepState
 from .manifest import Manifest
+from .notify import send_alert
 from .progress import Progress, Sink, as_progress
 from .resources.database import list_dump
 from .settings import Settings
@@ -86,3 +89,29 @@ def verify_snapshot(settings: Settings, snapshot_ref: str, progress: Progress | 
         raise
     manifest.update(entry["id"], verified={"at": utc_now_iso(), "ok": True})
     return {"id": entry["id"], "ok": True, "checks": checks}
+
+
+def needs_verification_after_restore(doc: dict) -> bool:
+    """True when a restore journal has ended after a preflight that chose the warm standby, and so
+    did not hash the artifacts (a step may still have fallen back to reading them)."""
+    return (doc["status"] in FINAL_STATES and bool((doc.get("marks") or {}).get("standby"))
+            and doc["steps"]["preflight"]["status"] == StepState.OK)
+
+
+def verify_after_standby_restore(settings: Settings, snapshot_id: str, txn: str) -> dict:
+    """The artifacts' check a standby-backed restore skipped in its preflight, run afterwards: the
+    outcome is recorded in the manifest (`verified`) and rollback.log; a mismatch is also alerted, since
+    the snapshot can no longer be trusted for a cold restore. Never raises for what it finds."""
+    try:
+        report = verify_snapshot(settings, snapshot_id)
+    except IntegrityError as exc:
+        logbook.rollback_event(settings.rollback_log, txn, "verify", "mismatch", snapshot=snapshot_id, error=str(exc))
+        send_alert(settings, f"rollback: snapshot {snapshot_id} was restored from its warm standby by {txn}, but its "
+                             f"artifacts no longer match the manifest ({exc}); a cold restore of it would be refused")
+        return {"id": snapshot_id, "ok": False, "error": str(exc)}
+    except RollbackError as exc:  # e.g. pruned meanwhile: nothing left to check, say so
+        logbook.rollback_event(settings.rollback_log, txn, "verify", "not_verified", snapshot=snapshot_id,
+                               error=str(exc))
+        return {"id": snapshot_id, "ok": False, "error": str(exc)}
+    logbook.rollback_event(settings.rollback_log, txn, "verify", "ok", snapshot=snapshot_id)
+    return report

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rollback.errors import StepFailed
+from rollback.journal import Journal
 from rollback.restore import run_restore_local
 from rollback.snapshot import create_snapshot
 from rollback.standby import STANDBY_FILE, prepare_standby, read_record
@@ -74,3 +76,26 @@ def test_snapshot_through_the_worker_prepares_the_standby(celery_worker, worker_
         time.sleep(0.1)
     record = json.loads((worker_settings.backup_dir / STANDBY_FILE).read_text())
     assert record["snapshot_id"] == entry["id"]
+
+
+def test_a_dump_the_warm_preflight_did_not_hash_is_checked_before_it_is_read(settings):
+    """The warm preflight reads only the standby; the in-place strategy reads the dump after all, so a dump
+    altered since the snapshot is refused by the db step before anything is changed."""
+    snap = create_snapshot(settings)
+    prepare_standby(settings, snap["id"])
+    state.bad_deploy(settings, settings.app_repo_dir)
+    bad = state.capture(settings)
+    dump = settings.backup_dir / snap["id"] / snap["artifacts"]["db"]["file"]
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    dump.write_bytes(bytes(data))
+
+    with pytest.raises(StepFailed, match="does not match its recorded SHA-256"):
+        run_restore_local(settings.with_overrides(db_restore_strategy="in-place"), snap["id"], reason="altered")
+
+    doc = Journal(settings.backup_dir).all()[-1]
+    assert doc["status"] == "failed", doc
+    assert "warm standby" in doc["steps"]["preflight"]["detail"]  # the preflight did not read the dump
+    assert doc["steps"]["db"]["status"] == "failed"
+    assert "does not match its recorded SHA-256" in doc["steps"]["db"]["error"]
+    assert state.capture(settings) == bad  # nothing was changed
