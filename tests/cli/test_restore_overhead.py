@@ -14,17 +14,10 @@ from rollback.manifest import Manifest
 from rollback.snapshot import create_snapshot
 from rollback.standby import prepare_standby
 from tests import state
-from tests.canary.servers import WebhookReceiver
+from tests.canary.fixtures import webhook  # noqa: F401 (a fixture)
 from tests.conftest import cli
 
 BACKGROUND_DEADLINE_SEC = 120
-
-
-@pytest.fixture
-def webhook():
-    server = WebhookReceiver()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
