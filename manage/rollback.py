@@ -13,8 +13,6 @@ import sys
 import time
 from typing import Sequence
 
-from celery.states import READY_STATES
-
 from rollback import logbook
 from rollback.errors import LockHeld, RollbackError
 from rollback.ids import validate_snapshot_id, validate_txn_id
@@ -471,12 +469,17 @@ def _poll_intervals():
         interval = min(interval * 2, POLL_MAX_SEC)
 
 
+# Celery's READY_STATES, spelled out: `rollback --help` and the local commands run where only the core is
+# installed (the app's virtualenv), so this module imports Celery only where a command talks to a worker.
+TASK_DONE_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
 def _follow(named_results: list, out: Printer) -> list:
     """Follow Celery tasks in order, printing progress; return their results or raise on failure."""
     values = []
     for name, result in named_results:
         intervals, last_info = _poll_intervals(), None
-        while (state := result.state) not in READY_STATES:
+        while (state := result.state) not in TASK_DONE_STATES:
             info = result.info if state == "PROGRESS" else None
             if isinstance(info, dict) and info != last_info:
                 last_info, intervals = info, _poll_intervals()  # something moves: look again soon
