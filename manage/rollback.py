@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Sequence
 
 from rollback import logbook
 from rollback.errors import LockHeld, RollbackError
 from rollback.ids import validate_snapshot_id, validate_txn_id
-from rollback.journal import FINAL_STATES, RESTORE_STEPS, Journal, StepState, TxnStatus, is_success, steps_left
+from rollback.journal import RESTORE_STEPS, Journal, TxnStatus, is_success, steps_left
 from rollback.manifest import Manifest
 from rollback.settings import Settings
 
+from .follow import follow, follow_canary, follow_journal, require_worker
 from .exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
 
 
@@ -119,7 +119,7 @@ def cmd_check(settings: Settings, args, out: Printer) -> int:
     if args.worker:
         from tasks.snapshot import check_configuration
 
-        _require_worker()
+        require_worker()
         result = check_configuration.apply_async()
         try:
             results = result.get(timeout=CHECK_WORKER_TIMEOUT_SEC)
@@ -148,11 +148,11 @@ def cmd_snapshot(settings: Settings, args, out: Printer) -> int:
     else:
         from tasks.snapshot import take_snapshot
 
-        _require_worker()
+        require_worker()
         result = take_snapshot.apply_async(kwargs={"notes": args.notes})
         if args.no_wait:
             return _print_json({"task_id": result.id}) if args.json else _say(f"snapshot task {result.id} enqueued")
-        entry = _follow([("snapshot", result)], out)[0]
+        entry = follow([("snapshot", result)], out)[0]
     if args.json:
         return _print_json(entry)
     print(f"snapshot {entry['id']} complete: db {entry['artifacts']['db']['size']} bytes, "
@@ -211,7 +211,7 @@ def cmd_restore(settings: Settings, args, out: Printer) -> int:
         return _finish_local(settings, doc["txn"], args, out)
     from tasks.restore import enqueue_restore
 
-    _require_worker()
+    require_worker()
     doc, result = enqueue_restore(entry["id"], args.reason, auto=False, requested_by="cli", settings=settings)
     args.txn = doc["txn"]  # for the AUDIT line
     out.line(f"restore {doc['txn']} of snapshot {entry['id']} enqueued")
@@ -223,7 +223,7 @@ def cmd_resume(settings: Settings, args, out: Printer) -> int:
 
     txn = validate_txn_id(args.txn)
     if not args.local:
-        _require_worker()  # before claiming: with no worker the txn must stay as it was
+        require_worker()  # before claiming: with no worker the txn must stay as it was
     doc = core.resume(settings, txn)
     if is_success(doc["status"]):  # every step had finished; only the final record was missing
         out.line(f"{txn}: every step was already done; recorded as {doc['status']}")
@@ -291,13 +291,13 @@ def cmd_canary(settings: Settings, args, out: Printer) -> int:
         return _probe_readyz(settings, args)
     snapshot = validate_snapshot_id(args.snapshot, allow_latest=True) if args.snapshot else None
     deploy_id = validate_deploy_id(args.deploy_id) if args.deploy_id else new_deploy_id()
-    _require_worker()
+    require_worker()
     result = enqueue_canary(deploy_id, snapshot)
     if args.no_wait:
         payload = {"deploy_id": deploy_id, "task_id": result.id}
         return _print_json(payload) if args.json else _say(f"canary of deploy {deploy_id} enqueued (task {result.id})")
     out.line(f"canary of deploy {deploy_id} enqueued (task {result.id})")
-    verdict = _follow_canary(result, out)
+    verdict = follow_canary(result, out)
     if args.json:
         _print_json(verdict)
     else:
@@ -322,25 +322,6 @@ def _probe_readyz(settings: Settings, args) -> int:
         if report["checks"] is None and report["body"] and not report["error"]:
             print(f"  body: {report['body']}")
     return EXIT_OK if report["ready"] else EXIT_FAILED
-
-
-def _follow_canary(result, out: Printer, poll: float = 0.1) -> dict:
-    """Follow the canary task through its re-runs (RETRY states carry why it waits) to its verdict."""
-    from tasks import app
-
-    while True:
-        while not result.ready():
-            if result.state == "RETRY":
-                out("canary", 0, 0, str(result.info))
-            time.sleep(poll)
-        if result.failed():
-            exc = result.result
-            raise exc if isinstance(exc, RollbackError) else RollbackError(f"canary failed: {exc}")
-        verdict = result.get()
-        if verdict["status"] != "duplicate":
-            return verdict
-        out.line(f"  a canary of deploy {verdict['deploy_id']} is already running; following it")
-        result = app.AsyncResult(verdict["watched_by"])
 
 
 def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
@@ -400,38 +381,14 @@ def _follow_restore(settings: Settings, txn: str, result, args, out: Printer) ->
     results = step_results(result)
     steps = [s for s in RESTORE_STEPS][-len(results):]
     try:
-        _follow(list(zip(steps, results)), out)
+        follow(list(zip(steps, results)), out)
     except RollbackError:
         pass  # the journal below has the whole story
     except Exception as exc:  # the result backend went away (Redis restarted ...); the journal has not
         out.line(f"  lost the Celery result backend ({type(exc).__name__}: {logbook.mask_secrets(str(exc))}); "
                  f"following the journal instead")
-        _follow_journal(settings, txn, out)
+        follow_journal(settings, txn, out)
     return _report_restore(restore_summary(Journal(settings.backup_dir).load(txn)), args)
-
-
-JOURNAL_STALL_SEC = 600.0
-
-
-def _follow_journal(settings: Settings, txn: str, out: Printer, poll: float = 0.5) -> None:
-    """Wait until the journal of `txn` is final, printing each step as it ends."""
-    journal, shown, last_change, last_seen = Journal(settings.backup_dir), {}, time.monotonic(), None
-    while True:
-        doc = journal.load(txn)
-        if doc.get("updated_at") != last_seen:
-            last_seen, last_change = doc.get("updated_at"), time.monotonic()
-        for step in RESTORE_STEPS:
-            status = doc["steps"][step]["status"]
-            if status != StepState.PENDING and shown.get(step) != status:
-                shown[step] = status
-                out.line(f"  [{step:<9}] {status}")
-        if doc["status"] in FINAL_STATES:
-            return
-        if time.monotonic() - last_change > JOURNAL_STALL_SEC:
-            out.line(f"  no progress recorded for {JOURNAL_STALL_SEC:.0f} s; is a worker running? "
-                     f"(python -m manage.rollback status {txn})")
-            return
-        time.sleep(poll)
 
 
 def _report_restore(summary: dict, args) -> int:
@@ -454,61 +411,6 @@ def _print_summary(summary: dict) -> None:
         print(f"note: {note}")
     if summary.get("error"):
         print(f"error: {summary['error']}")
-
-
-POLL_FIRST_SEC, POLL_MAX_SEC = 0.02, 0.25
-WORKER_PING_TIMEOUT_SEC = 2.0
-
-
-def _poll_intervals():
-    """20 ms, doubling up to 0.25 s: a step that ends in a few hundredths of a second is seen at once,
-    a long one costs the result backend four reads a second."""
-    interval = POLL_FIRST_SEC
-    while True:
-        yield interval
-        interval = min(interval * 2, POLL_MAX_SEC)
-
-
-# Celery's READY_STATES, spelled out: `rollback --help` and the local commands run where only the core is
-# installed (the app's virtualenv), so this module imports Celery only where a command talks to a worker.
-TASK_DONE_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-
-
-def _follow(named_results: list, out: Printer) -> list:
-    """Follow Celery tasks in order, printing progress; return their results or raise on failure."""
-    values = []
-    for name, result in named_results:
-        intervals, last_info = _poll_intervals(), None
-        while (state := result.state) not in TASK_DONE_STATES:
-            info = result.info if state == "PROGRESS" else None
-            if isinstance(info, dict) and info != last_info:
-                last_info, intervals = info, _poll_intervals()  # something moves: look again soon
-                out(info.get("step", name), info.get("done", 0), info.get("total", 0), info.get("message", ""))
-            time.sleep(next(intervals))
-        if result.failed():
-            exc = result.result
-            out.line(f"  [{name:<9}] FAILED {exc}")
-            raise RollbackError(str(exc)) if not isinstance(exc, RollbackError) else exc
-        value = result.get(propagate=True)
-        if isinstance(value, dict) and value.get("status") in ("ok", "skipped"):
-            out.line(f"  [{name:<9}] {value['status']}: {value.get('detail', '')}")
-        values.append(value)
-    return values
-
-
-def _require_worker() -> list:
-    """Return as soon as one worker answers (`limit=1`): the timeout is waited only when none does."""
-    from tasks import app
-
-    try:
-        replies = app.control.ping(timeout=WORKER_PING_TIMEOUT_SEC, limit=1)
-    except Exception as exc:  # kombu raises several types for a dead broker
-        url = logbook.mask_secrets(app.conf.broker_url)
-        raise RollbackError(f"cannot reach the broker at {url} ({exc}); run with --local to work "
-                            f"in this process") from None
-    if not replies:
-        raise RollbackError("no Celery worker answered; start one (`celery -A tasks worker`) or use --local")
-    return replies
 
 
 def _confirm(settings: Settings, entry: dict) -> None:

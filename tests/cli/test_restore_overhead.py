@@ -50,7 +50,7 @@ def _flip_a_byte(path, offset_fraction: float = 0.5) -> None:
 
 
 def test_the_worker_check_returns_on_the_first_reply(live_env, worker_process):
-    from manage.rollback import _require_worker
+    from manage.follow import require_worker as _require_worker
     from tasks import app
 
     worker_process("w1")
