@@ -82,8 +82,12 @@ def follow(named_results: list, out: Out) -> list:
     values = []
     for name, result in named_results:
         intervals, last_info = poll_intervals(), None
-        while (state := result.state) not in TASK_DONE_STATES:
-            info = result.info if state == "PROGRESS" else None
+        while True:
+            # One backend read gives state and meta together; .state then .info races with the step ending.
+            meta = result.backend.get_task_meta(result.id)
+            if meta["status"] in TASK_DONE_STATES:
+                break
+            info = meta["result"] if meta["status"] == "PROGRESS" else None
             if isinstance(info, dict) and info != last_info:
                 last_info, intervals = info, poll_intervals()  # something moves: look again soon
                 out(info.get("step", name), info.get("done", 0), info.get("total", 0), info.get("message", ""))

@@ -21,8 +21,10 @@ def _progress_seen(results, timeout=120):
     last = results[-1]
     while not last.ready() and time.monotonic() < deadline:
         for r in results:
-            if r.state == "PROGRESS" and isinstance(r.info, dict):
-                seen.setdefault(r.info["step"], []).append(r.info)
+            # One backend read per task: reading .state then .info races with the step finishing.
+            meta = r.backend.get_task_meta(r.id)
+            if meta["status"] == "PROGRESS" and isinstance(meta["result"], dict):
+                seen.setdefault(meta["result"]["step"], []).append(meta["result"])
         if any(r.failed() for r in results):
             break
         time.sleep(0.02)
