@@ -112,6 +112,32 @@ def drop_database(conn: psycopg.Connection, name: str) -> None:
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def end_statements_naming(conn: psycopg.Connection, name: str, wait_ms: int = 5000) -> int:
+    """Terminate other backends whose current statement names database `name` (a CREATE or DROP left
+    running by a killed client) and wait for them to exit; return how many there were."""
+    rows = conn.execute(
+        "select pg_terminate_backend(pid, %s) from pg_stat_activity "
+        "where pid <> pg_backend_pid() and state <> 'idle' and position(%s in query) > 0",
+        (wait_ms, name)).fetchall()
+    return len(rows)
+
+
+def recreate_empty_database(conn: psycopg.Connection, name: str, like: str, attempts: int = 3) -> None:
+    """Drop `name` if it exists and create it empty like `like`. A killed earlier attempt can leave its
+    CREATE DATABASE still committing on the server: that statement is ended and the drop repeated."""
+    for attempt in range(attempts):
+        end_statements_naming(conn, name)
+        drop_database(conn, name)
+        try:
+            create_empty_database(conn, name, like)
+            return
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            if attempt == attempts - 1:
+                raise RollbackError(f"database {name} keeps being created by another session; "
+                                    f"drop it by hand and retry") from None
+            time.sleep(0.2 * (attempt + 1))
+
+
 def rename_database(conn: psycopg.Connection, source: str, dest: str) -> None:
     stmt = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(source), sql.Identifier(dest))
     _with_sessions_ended(conn, (source,), stmt)

@@ -58,7 +58,7 @@ def _label(call: str, args: str, settings) -> str | None:
     if call == "rename":
         if "rollback-stage-" in args and ".pre-txn-" in args:
             return "data swap: old tree -> pre"
-        if "/journal/" in args:
+        if re.search(r'/journal/txn-[^/"]+\.json"', args):  # not the discarded-writes report under journal/<txn>/
             return "journal write"
         if "active.json" in args:
             return "active.json claim"
