@@ -1,7 +1,8 @@
 """Run external commands with argument lists, timeouts and captured stderr.
 
 `run` / `output` hold a short command's output in memory; `stream` is for a child whose input or
-output is too large for that (tar, pg_dump): it moves the bytes chunk by chunk.
+output is too large for that (tar, pg_dump): it moves the bytes chunk by chunk. `run_both` runs two
+such pieces of work at once (a snapshot's dump and archive); `SharedSink` lets them report progress.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import time
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Mapping, Sequence, Union
@@ -173,3 +175,66 @@ def _tail(f: BinaryIO) -> str:
     size = f.seek(0, io.SEEK_END)
     f.seek(max(0, size - STDERR_TAIL))
     return f.read().decode("utf-8", "replace")
+
+
+class Cancelled(RollbackError):
+    """Raised by a `run_both` check when the other half has failed: stop now."""
+
+
+def run_both(first: Callable[[Callable[[], None]], object], second: Callable[[Callable[[], None]], object]) -> tuple:
+    """Run first(check) in a thread and second(check) in this one; return (first's, second's) result.
+
+    Each is given `check`, to call between chunks (e.g. from a `stream` progress callback): it raises
+    Cancelled once the other has failed, so a failed half stops its sibling's child within a chunk.
+    Nothing returns before both have ended (neither still writes after a failure); the first real
+    error is raised, not the Cancelled it caused. An interrupt in this thread cancels the other too."""
+    failed = threading.Event()
+
+    def check() -> None:
+        if failed.is_set():
+            raise Cancelled("stopped: the concurrent part failed")
+
+    box: dict[str, object] = {}
+
+    def runner() -> None:
+        try:
+            box["result"] = first(check)
+        except BaseException as exc:  # raised again in the caller's thread
+            box["error"] = exc
+            failed.set()
+
+    thread = threading.Thread(target=runner, name="run_both", daemon=True)
+    thread.start()
+    try:
+        second_result = second(check)
+    except BaseException as exc:
+        failed.set()
+        thread.join()
+        first_error = box.get("error")
+        if isinstance(exc, Cancelled) and first_error is not None:
+            raise first_error from None
+        raise
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"], second_result
+
+
+class SharedSink:
+    """A progress sink two threads can share: calls are serialised, and each step's reports are thinned
+    to one per `min_interval` (the last of a step, done == total, always passes)."""
+
+    def __init__(self, sink: Callable[[str, int, int, str], None] | None, min_interval: float = 0.2):
+        self._sink, self._interval = sink, min_interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def __call__(self, step: str, done: int, total: int, message: str) -> None:
+        if self._sink is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if done < total and now - self._last.get(step, -1e9) < self._interval:
+                return
+            self._last[step] = now
+            self._sink(step, done, total, message)
