@@ -6,6 +6,7 @@ Every other module receives a `Settings` explicitly; nothing else reads `os.envi
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .crypto import parse_key
 from .errors import ConfigError
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
@@ -124,6 +126,10 @@ class Settings:
     ready_successes: int = 1
     notify_webhook_url: str | None = None
     prune_schedule: str = "hourly"
+    # restore drills: their schedule (None = off) and the /readyz checks they repeat on the restored copy
+    drill_schedule: str | None = "daily"
+    readyz_tables: tuple[tuple[str, int], ...] = ()
+    readyz_users_file: str | None = "users.json"
     pre_retention_days: float = 7.0
     # Render code strategy
     render_api_key: str | None = field(default=None, repr=False)
@@ -141,6 +147,23 @@ class Settings:
     pre_retention_count: int = 3
     # DATABASE_URL exactly as configured (driver included), for the app's own child processes
     database_url: str = field(default="", repr=False)
+    # Off-site copies (rollback/remote/): s3://bucket/prefix, its retention, the upload's retries, and
+    # the client-side encryption key (32 bytes; never printed, logged or sent to Redis)
+    remote_url: str | None = None
+    remote_retention: int = 14
+    remote_upload_retries: int = 5
+    remote_retry_delay_sec: float = 60.0
+    encryption_key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def remote_bucket(self) -> str:
+        return urlsplit(self.remote_url or "").netloc
+
+    @property
+    def remote_prefix(self) -> str:
+        """The key prefix inside the bucket, '' or ending with '/'."""
+        path = urlsplit(self.remote_url or "").path.strip("/")
+        return f"{path}/" if path else ""
 
     @property
     def rollback_log(self) -> Path:
@@ -191,6 +214,7 @@ class Settings:
             ready_successes=_int(env, "ROLLBACK_READY_SUCCESSES", 1, minimum=1),
             notify_webhook_url=_url(env, "ROLLBACK_NOTIFY_WEBHOOK_URL", webhook) if webhook else None,
             prune_schedule=_schedule(env, "BACKUP_PRUNE_SCHEDULE", "hourly"),
+            **_drill(env),
             pre_retention_days=_float(env, "PRE_RETENTION_DAYS", 7.0, allow_zero=True),
             render_api_key=render_key,
             render_service_id=render_service,
@@ -203,6 +227,7 @@ class Settings:
             app_restart_timeout_sec=_float(env, "APP_RESTART_TIMEOUT_SEC", 60.0),
             pre_retention_count=_int(env, "PRE_RETENTION_COUNT", 3, minimum=0),
             database_url=url,
+            **_remote(env, _int(env, "BACKUP_RETENTION", 14, minimum=1)),
         )
 
 
@@ -220,6 +245,40 @@ def _command(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
     except ValueError as exc:
         raise ConfigError(f"{name}: cannot split {raw!r} into a command line ({exc})") from None
     return argv or None
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
+
+
+def _remote(env: Mapping[str, str], retention: int) -> dict:
+    """BACKUP_REMOTE_* and the encryption key; credentials and endpoint are boto3's own AWS_* variables."""
+    url = env.get("BACKUP_REMOTE_URL", "").strip() or None
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc) or parts.query or parts.fragment:
+            raise ConfigError(f"BACKUP_REMOTE_URL: must be s3://bucket/prefix with a valid bucket name, got {url!r}")
+        url = f"s3://{parts.netloc}/{parts.path.strip('/')}".rstrip("/")
+    return {
+        "remote_url": url,
+        "remote_retention": _int(env, "BACKUP_REMOTE_RETENTION", retention, minimum=1),
+        "remote_upload_retries": _int(env, "BACKUP_REMOTE_UPLOAD_RETRIES", 5, minimum=0, maximum=50),
+        "remote_retry_delay_sec": _float(env, "BACKUP_REMOTE_RETRY_DELAY_SEC", 60.0),
+        "encryption_key": encryption_key_from_env(env),
+    }
+
+
+def encryption_key_from_env(env: Mapping[str, str]) -> bytes | None:
+    text, file = env.get("BACKUP_ENCRYPTION_KEY", "").strip(), env.get("BACKUP_ENCRYPTION_KEY_FILE", "").strip()
+    if text and file:
+        raise ConfigError("BACKUP_ENCRYPTION_KEY: set it or BACKUP_ENCRYPTION_KEY_FILE, not both")
+    if file:
+        try:
+            text = Path(file).expanduser().read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"BACKUP_ENCRYPTION_KEY_FILE: cannot read {file} "
+                              f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+        return parse_key(text, "BACKUP_ENCRYPTION_KEY_FILE")
+    return parse_key(text, "BACKUP_ENCRYPTION_KEY") if text else None
 
 
 def _hmac_key(env: Mapping[str, str]) -> str | None:
@@ -298,6 +357,33 @@ def _schedule(env: Mapping[str, str], name: str, default: str) -> str:
     except ValueError:
         pass
     raise ConfigError(f"{name}: must be hourly, daily, a number of seconds or a crontab like '0 * * * *', got {raw!r}")
+
+
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
+
+
+def drill_schedule(env: Mapping[str, str]) -> str | None:
+    """ROLLBACK_DRILL_SCHEDULE: like BACKUP_PRUNE_SCHEDULE (default daily), or `off` (None)."""
+    if env.get("ROLLBACK_DRILL_SCHEDULE", "").strip().lower() in ("off", "none", "false"):
+        return None
+    return _schedule(env, "ROLLBACK_DRILL_SCHEDULE", "daily")
+
+
+def _drill(env: Mapping[str, str]) -> dict:
+    """ROLLBACK_DRILL_SCHEDULE (`off` disables), and READYZ_TABLES / READYZ_USERS_FILE as /readyz reads
+    them, for the drill's checks of a restored copy."""
+    tables = []
+    for item in (part.strip() for part in env.get("READYZ_TABLES", "").split(",")):
+        name, _, minimum = item.partition(":")
+        if item and (not _TABLE_NAME.fullmatch(name) or (minimum and not minimum.isdigit())):
+            raise ConfigError(f"READYZ_TABLES: expected table[:min_rows] (table or schema.table), got {item!r}")
+        if item:
+            tables.append((name, int(minimum or 0)))
+    users = env.get("READYZ_USERS_FILE", "").strip() or "users.json"
+    if users.startswith("/") or ".." in users.split("/") or "\x00" in users:
+        raise ConfigError(f"READYZ_USERS_FILE: must be a path inside DATA_BASE_DIR, got {users!r}")
+    return {"drill_schedule": drill_schedule(env),
+            "readyz_tables": tuple(tables), "readyz_users_file": None if users.lower() == "none" else users}
 
 
 def _url(env: Mapping[str, str], name: str, default: str) -> str:

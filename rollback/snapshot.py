@@ -1,5 +1,9 @@
 """Snapshot: dump + data archive + revisions, made visible only when complete.
 
+The dump (pg_dump: the server's and pg_dump's CPU) and the archive (tar + zstd: the disk and the
+other core) run at the same time, each in a thread streaming its child's output through a hash into
+its file (`proc.run_both`): the snapshot takes about as long as the longer of the two.
+
 Order (restic's rule: the record is written last): write into BACKUP_DIR/.tmp-<id>, fsync every
 file, rename the folder to BACKUP_DIR/<id>, fsync BACKUP_DIR, then add the manifest entry.
 A crash at any point leaves either nothing visible or an unrecorded folder; both are removed by
@@ -11,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
-from . import __version__, logbook, migrations_info, pg
+from . import __version__, logbook, migrations_info, pg, snapshot_stats
 from .errors import ConfigError, LockHeld, PreflightFailed, RollbackError
 from .fsutil import atomic_write_bytes, fsync_dir
 from .ids import SNAPSHOT_ID_RE, new_snapshot_id, utc_now_iso
@@ -22,6 +27,7 @@ from .progress import Progress, Sink, as_progress
 from .resources import data_tree
 from .resources.code import strategy_for
 from .resources.database import DUMP_FILE, dump_database
+from .proc import SharedSink, run_both
 from .settings import Settings
 
 TMP_PREFIX = ".tmp-"
@@ -72,16 +78,8 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
         check_restorable_revision(settings, alembic_revision)
         tmp.mkdir(mode=0o700)
 
-        db_progress = progress.scoped("database")
-        db_progress(0, 1, "pg_dump -Fc")
-        db_art = dump_database(settings, tmp / DUMP_FILE,
-                               progress=lambda n: db_progress(0, 1, f"pg_dump: {n >> 20} MiB written"))
-        db_progress(1, 1, f"dump {db_art['size']} bytes")
-
-        data_progress = progress.scoped("data")
-        data_progress(0, 1, f"archiving {settings.data_base_dir}")
-        data_art = data_tree.archive_for_snapshot(settings, tmp, data_progress)
-        data_progress(1, 1, f"archive {data_art['size']} bytes")
+        tree = snapshot_stats.TreeListing()
+        (db_art, row_counts), data_art = _dump_and_archive(settings, tmp, tree, progress)
 
         progress.report("record", 0, 1, "recording the snapshot")
         entry = {
@@ -95,6 +93,7 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
             "database": settings.database.dbname,
             "data_dir": str(settings.data_base_dir),
             "artifacts": {"db": db_art, "data": data_art},
+            "stats": snapshot_stats.record(row_counts, tmp, tree, snapshot_stats.write_counters(settings)),
             "ready_check": None,
             "verified": {"at": created_at, "ok": True},
             "tool_version": __version__,
@@ -119,6 +118,36 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
         "backup complete", id=snapshot_id, app_revision=app_revision[:12], alembic=alembic_revision,
         db_bytes=db_art["size"], data_bytes=data_art["size"]))
     return entry
+
+
+def _dump_and_archive(settings: Settings, tmp: Path, tree: snapshot_stats.TreeListing,
+                      progress: Progress) -> tuple[tuple[dict, dict], dict]:
+    """pg_dump and the data archive at the same time; the first failure stops the other (its child is
+    killed at its next chunk) and is raised once both have ended, so nothing still writes into tmp.
+    The archive's members are listed into `tree` as they are written.
+    Returns ((dump artifact, row counts), data artifact)."""
+    shared = SharedSink(progress.sink)
+
+    def checked(step: str, check) -> Progress:
+        return Progress(lambda *report: (check(), shared(*report)), step)
+
+    def dump(check) -> tuple[dict, dict]:
+        db_progress = checked("database", check)
+        db_progress(0, 1, "pg_dump -Fc")
+        with snapshot_stats.exported_row_counts(settings) as (pg_snapshot, row_counts):
+            art = dump_database(settings, tmp / DUMP_FILE, snapshot=pg_snapshot,
+                                progress=lambda n: db_progress(0, 1, f"pg_dump: {n >> 20} MiB written"))
+        db_progress(1, 1, f"dump {art['size']} bytes")
+        return art, row_counts
+
+    def archive(check) -> dict:
+        data_progress = checked("data", check)
+        data_progress(0, 1, f"archiving {settings.data_base_dir}")
+        art = data_tree.archive_for_snapshot(settings, tmp, data_progress, visit=tree.visit)
+        data_progress(1, 1, f"archive {art['size']} bytes")
+        return art
+
+    return run_both(dump, archive)
 
 
 def check_restorable_revision(settings: Settings, revision: str | None) -> None:
