@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import logbook, notify
+from . import discarded, logbook, notify
 from .errors import LockHeld, RollbackError, SnapshotNotFound
 from .fsutil import atomic_write_bytes
 from .http_probe import probe
@@ -37,6 +37,10 @@ DEPLOY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESTORE_POLL_SEC = 0.5
 ADMISSION_RETRIES = 5  # a prune or snapshot holding the lock for a moment is not a reason to give up
 TAKEOVER_GRACE_SEC = 60.0
+# The rolled-back alert carries the counts of the discarded-writes report (made by the worker right after
+# the restore): wait for it this long once the restore succeeded (or this long for it to be requested).
+REPORT_WAIT_SEC = 30.0
+REPORT_GRACE_SEC = 2.0
 
 # start_restore(settings, snapshot_id) -> journal doc of the admitted (and enqueued) restore
 StartRestore = Callable[[Settings, str], dict]
@@ -280,12 +284,21 @@ def _follow_restore(settings: Settings, rec: dict, start_restore: StartRestore, 
                        wait=min(rec["interval_sec"], RESTORE_POLL_SEC))
     recovery = now - rec["not_ready_ts"]
     if is_success(doc["status"]):
+        rec["restored_ts"] = rec.get("restored_ts") or now  # the recovery ends here, not when the report is done
+        recovery = rec["restored_ts"] - rec["not_ready_ts"]
+        report = discarded.load_summary(settings, txn)
+        waited = now - rec["restored_ts"]
+        if (report is None and waited < REPORT_GRACE_SEC) or (
+                report and report.get("status") in (discarded.PENDING, discarded.RUNNING) and waited < REPORT_WAIT_SEC):
+            return Outcome(f"automatic rollback {txn} succeeded; waiting for its discarded-writes report",
+                           wait=RESTORE_POLL_SEC)
         warnings = list(doc.get("warnings") or [])
         _log(settings, rec, "rolled_back", txn=txn, recovery_sec=f"{recovery:.1f}", outcome=doc["status"])
         with_warnings = f" WITH WARNINGS: {'; '.join(warnings)}" if warnings else ""
         notify.send_alert(settings, f"Rollback canary: deploy {rec['deploy_id']} was rolled back automatically to "
                                     f"snapshot {rec['snapshot_id']} (restore {txn}); ready again "
-                                    f"{recovery:.1f} s after the not-ready verdict{with_warnings}.")
+                                    f"{recovery:.1f} s after the not-ready verdict{with_warnings}. "
+                                    f"{discarded.describe(report, txn)}")
         return _finish(rec, "rolled_back", f"rolled back by {txn}; ready again after {recovery:.1f} s"
                                            + (f" ({doc['status']}: {'; '.join(warnings)})" if warnings else ""),
                        recovery_sec=round(recovery, 3), restore_status=doc["status"], warnings=warnings)

@@ -7,6 +7,8 @@ A restore keeps the state it replaced: the data tree as `DATA_BASE_DIR.pre-<txn>
 - count: only the copies of the PRE_RETENTION_COUNT newest finished transactions that still have
   copies are kept (each is a full database and data tree); older ones lose their copies, while their
   journals stay (with a note saying so) until the age rule removes them.
+A restore whose discarded-writes report (rollback/discarded.py) is younger than PRE_RETENTION_DAYS keeps
+its copies under both rules: the report reads them and carry-forward copies files back from them.
 The transaction that owns the service is never touched, nor any unfinished one. Leftovers whose
 journal is gone are aged and ranked by the timestamp in their txn id.
 """
@@ -14,12 +16,14 @@ journal is gone are aged and ranked by the timestamp in their txn id.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import logbook, pg
 from .archive import remove_tree
+from .discarded import keeps_copies
 from .ids import utc_now_iso
 from .journal import FINAL_STATES, Journal
 from .lock import ServiceLock
@@ -39,13 +43,17 @@ def clean_pre_restore(settings: Settings, now: float | None = None) -> dict:
     with lock.held({"kind": "cleanup"}, wait_sec=5):
         active = (lock.active() or {}).get("txn")
         journals = {doc["txn"]: doc for doc in Journal(settings.backup_dir).all() if doc.get("txn")}
-        expired = {txn for txn, doc in journals.items() if txn != active and _expired(doc, cutoff)}
+        expired = {txn for txn, doc in journals.items() if txn != active and _expired(doc, cutoff)
+                   and not keeps_copies(settings, txn, cutoff)}
         orphans = {txn for txn in _txns_with_leftovers(settings)
                    if txn not in journals and txn != active and _txn_time(txn) < cutoff}
         report = {"journals": [], "trees": [], "databases": [], "copies_removed": []}
         for txn in sorted(expired | orphans):
             _remove_txn(settings, txn, report, has_journal=txn in expired)
-        for txn in _beyond_count(settings, journals, active, done=expired | orphans):
+        # A discarded-writes report younger than PRE_RETENTION_DAYS reads (and carry-forward copies
+        # from) its copies: they stay, whatever the count.
+        kept = {txn for txn in journals if keeps_copies(settings, txn, cutoff)}
+        for txn in _beyond_count(settings, journals, active, done=expired | orphans | kept):
             _remove_copies_kept_by_count(settings, txn, report, has_journal=txn in journals)
     logbook.append(settings.rollback_log, logbook.format_event(
         "cleanup", journals=len(report["journals"]), trees=len(report["trees"]),
@@ -90,7 +98,9 @@ def _expired(doc: dict, cutoff: float) -> bool:
 def _remove_txn(settings: Settings, txn: str, report: dict, has_journal: bool) -> None:
     _remove_copies(settings, txn, report)
     if has_journal:
-        # Last: while the journal exists, a re-run still knows what belongs to this txn.
+        # Last: while the journal exists, a re-run still knows what belongs to this txn. Its
+        # discarded-writes report (BACKUP_DIR/journal/<txn>/) is kept with it, and goes with it.
+        shutil.rmtree(Journal(settings.backup_dir).dir / txn, ignore_errors=True)
         Journal(settings.backup_dir).path(txn).unlink(missing_ok=True)
         report["journals"].append(txn)
 

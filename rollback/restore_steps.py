@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import logbook, migrations_info, standby
+from . import discarded, logbook, migrations_info, remote, standby
 from .errors import IntegrityError, PreflightFailed, RollbackError, StepFailed
 from .http_probe import wait_until_ready
 from .journal import Journal
@@ -22,7 +22,6 @@ from .fsutil import sha256_file
 from .progress import NO_PROGRESS, Progress
 from .resources import app_process, code, data_tree, database
 from .settings import Settings
-from .verify import verify_artifacts
 
 NOT_RESTARTED_NOTE = ("the app process was not restarted (APP_RESTART_COMMAND is not set): "
                       "it may still run the replaced code")
@@ -66,11 +65,14 @@ def preflight(ctx: StepContext) -> str:
     not: the standby's seal and fingerprint are its check, and the artifacts are verified in the
     background after the restore (verify.verify_after_standby_restore), so their size never delays it."""
     settings, snap = ctx.settings, ctx.snapshot
+    # BACKUP_DIR lost or pruned: with BACKUP_REMOTE_URL the artifacts come back from the bucket first.
+    fetched = remote.fetch_if_missing(settings, snap, ctx.progress.fraction(0, 0.5))
     cold, standby_note = _choose_standby(ctx)
     if cold:
-        checks = verify_artifacts(settings, snap, progress=ctx.progress.fraction(0, 0.5), scan_data=True)
+        checks = remote.verify_or_fetch(settings, snap, ctx.progress.fraction(0, 0.5))
     else:
         checks = [WARM_ARTIFACTS_NOTE]
+    checks = [fetched] + checks if fetched else checks
     ctx.mark("artifacts_verified", cold)
     wanted = snap.get("alembic_revision")
     if not migrations_info.is_known_revision(settings, wanted):
@@ -110,13 +112,24 @@ def _check_room(settings: Settings, snap: dict) -> None:
 
 # -- db ---------------------------------------------------------------------------------------------
 def restore_db(ctx: StepContext) -> str:
-    """Dispatch on DB_RESTORE_STRATEGY (the journal pins the choice for re-runs)."""
+    """Dispatch on DB_RESTORE_STRATEGY (the journal pins the choice for re-runs). A cold data step's
+    extraction into its staging folder runs meanwhile (data_tree.PreStaging): it changes nothing live, and the
+    renames still happen in order, db here, data in the next step."""
     strategy = ctx.marks().get("db_strategy") or ctx.settings.db_restore_strategy
     ctx.mark("db_strategy", strategy)
-    if strategy == "swap":
-        return _restore_db_swap(ctx)
-    _check_dump_before_reading(ctx)  # in-place reads the dump even when the standby serves the data step
-    return database.restore_in_place(ctx)
+    staging = data_tree.PreStaging.start(ctx)
+    try:
+        if strategy == "swap":
+            detail = _restore_db_swap(ctx)
+        else:
+            _check_dump_before_reading(ctx)  # in-place reads the dump even when the standby serves the data step
+            detail = database.restore_in_place(ctx)
+    except BaseException:
+        if staging is not None:
+            staging.abandon()
+        raise
+    discarded.mark_restored(ctx)  # rows written into the restored database from here on are the app's, not discarded
+    return detail + (staging.finish() if staging is not None else "")
 
 
 def _check_dump_before_reading(ctx: StepContext) -> None:
@@ -215,7 +228,9 @@ def restore_data(ctx: StepContext) -> str:
         data_tree.exchange_with_live(ctx, data_dir, staging, pre)
     ctx.mark("data_phase", "swapped")
     ctx.progress(3, 3, "data directory restored")
-    source = "from the warm standby" if ctx.marks().get("data_source") == "standby" else "extracted"
+    marks = ctx.marks()
+    source = ("from the warm standby" if marks.get("data_source") == "standby" else
+              "extracted during the db step" if marks.get("data_prestaged") else "extracted")
     kept = f"previous tree kept as {pre}" if pre.exists() else "there was no previous tree"
     return f"restored ({source}); {kept}"
 
