@@ -1,11 +1,13 @@
 """Celery settings for `celery -A tasks worker|beat`. Broker/backend URLs come from the environment."""
 
 import os
+import sys
 
 from celery.schedules import crontab
 
-# The validator Settings applies to BACKUP_PRUNE_SCHEDULE, so beat and the worker agree on what is valid.
-from rollback.settings import env_schedule as validated_schedule
+# The validators Settings applies, so beat, the worker and the CLI agree on what is valid.
+from rollback.errors import ConfigError
+from rollback.settings import drill_schedule, encryption_key_from_env, env_schedule as validated_schedule
 
 broker_url = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
 result_backend = os.environ.get("CELERY_RESULT_BACKEND") or "redis://127.0.0.1:6379/0"
@@ -36,7 +38,8 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_st
 redis_socket_connect_timeout = 5
 redis_socket_timeout = 30
 
-imports = ("tasks.snapshot", "tasks.restore", "tasks.maintenance", "tasks.canary")
+imports = ("tasks.snapshot", "tasks.restore", "tasks.maintenance", "tasks.canary", "tasks.discarded",
+           "tasks.remote", "tasks.drill")
 
 
 def celery_schedule(text: str):
@@ -53,11 +56,33 @@ def celery_schedule(text: str):
     return float(text)
 
 
-# `celery -A tasks beat` sends exactly these two; both take the service lock only briefly.
-_housekeeping = celery_schedule(validated_schedule(os.environ, "BACKUP_PRUNE_SCHEDULE", "hourly"))
+def _checked_environment() -> tuple[str, str | None]:
+    """A malformed schedule or encryption key stops the worker and beat at start-up with one line
+    naming the variable (not a traceback, and not a worker that fails every upload later)."""
+    try:
+        encryption_key_from_env(os.environ)
+        return validated_schedule(os.environ, "BACKUP_PRUNE_SCHEDULE", "hourly"), drill_schedule(os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # exit 2, as the CLI does for bad configuration
+        raise SystemExit(2) from None
+
+
+_housekeeping_text, _drill_text = _checked_environment()
+# `celery -A tasks beat` sends these; prune and cleanup take the service lock only briefly.
+_housekeeping = celery_schedule(_housekeeping_text)
 # A run that waited longer than one period is superseded by the next: no backlog after downtime.
 _expires = _housekeeping if isinstance(_housekeeping, float) else 3600.0
 beat_schedule = {
     "rollback-prune": {"task": "rollback.prune", "schedule": _housekeeping, "options": {"expires": _expires}},
     "rollback-cleanup": {"task": "rollback.cleanup", "schedule": _housekeeping, "options": {"expires": _expires}},
+    # Off-site copies: re-send pending uploads, then BACKUP_REMOTE_RETENTION (a no-op without BACKUP_REMOTE_URL);
+    # and the BACKUP_DIR free-space alert.
+    "rollback-remote-sync": {"task": "rollback.remote.sync", "schedule": _housekeeping,
+                             "options": {"expires": _expires}},
+    "rollback-space": {"task": "rollback.space", "schedule": _housekeeping, "options": {"expires": _expires}},
 }
+# Restore drills (ROLLBACK_DRILL_SCHEDULE, default daily, `off` disables): every snapshot not yet drilled.
+if _drill_text is not None:
+    _drills = celery_schedule(_drill_text)
+    beat_schedule["rollback-drill"] = {"task": "rollback.drill", "schedule": _drills,
+                                       "options": {"expires": _drills if isinstance(_drills, float) else 6 * 3600.0}}

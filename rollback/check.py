@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import migrations_info, pg
+from . import migrations_info, pg, remote
 from .app_command import app_env
 from .archive import DEFAULT_EXCLUDES
+from .crypto import key_id
 from .errors import RollbackError
 from .http_probe import fetch
 from .logbook import mask_secrets
@@ -332,6 +333,15 @@ def _room_needed(settings: Settings, facts: _Facts) -> tuple[int | None, str]:
     return None, ""
 
 
+def check_remote(settings: Settings, facts: _Facts) -> tuple[str, str]:
+    """The bucket answers and lets us list (BACKUP_REMOTE_URL); says whether copies are encrypted."""
+    if not settings.remote_url:
+        return WARN, "BACKUP_REMOTE_URL not set: snapshots live only in BACKUP_DIR, on the disk they protect"
+    line = remote.RemoteStore(settings).probe()
+    sealed = f"encrypted (key id {key_id(settings.encryption_key)})" if settings.encryption_key else "not encrypted"
+    return OK, f"{line}; copies {sealed}, retention {settings.remote_retention}"
+
+
 # -- the app ----------------------------------------------------------------------------------------
 def probe_readyz(url: str, timeout: float = READYZ_TIMEOUT_SEC) -> dict:
     """One GET of READYZ_URL: {"url", "ready", "http_status", "checks", "body", "error", "ms"}."""
@@ -388,6 +398,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("code", check_code),
     ("data_dir", check_data_dir),
     ("backup_dir", check_backup_dir),
+    ("remote", check_remote),
     ("readyz", check_readyz),
     ("app_restart", check_app_restart),
 )

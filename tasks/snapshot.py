@@ -9,6 +9,7 @@ from rollback.standby import prepare_standby
 
 from . import app
 from .base import StateReporter, get_settings
+from .remote import enqueue_upload
 
 
 @app.task(bind=True, name="rollback.snapshot")
@@ -19,6 +20,7 @@ def take_snapshot(self, notes: str = "") -> dict:
     entry = create_snapshot(settings, notes=notes, progress=StateReporter(self))
     if settings.standby_enabled:
         prepare_standby_task.delay(entry["id"])
+    enqueue_upload(entry["id"])  # the off-site copy, also on its own task: never held up by it
     return entry
 
 

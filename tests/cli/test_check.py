@@ -14,7 +14,7 @@ from tests.canary.servers import ScriptedReadyz
 from tests.conftest import cli, git
 
 CHECK_NAMES = ["database", "pg_dump", "pg_restore", "migrations", "alembic_revision", "alembic_command", "code",
-               "data_dir", "backup_dir", "readyz", "app_restart"]
+               "data_dir", "backup_dir", "remote", "readyz", "app_restart"]
 
 
 def run_check(env: dict) -> tuple[int, dict[str, dict], str]:
@@ -42,7 +42,8 @@ def test_green_on_a_healthy_setup_and_no_secret_shown(live_env, settings):
     assert checks["app_restart"] == {"name": "app_restart", "ok": True, "level": "warn",
                                      "detail": "not set: after a restore the app keeps running the replaced code"}
     lines = text.splitlines()
-    assert [line.split()[:2] for line in lines] == [["warn" if n == "app_restart" else "ok", n] for n in CHECK_NAMES]
+    assert [line.split()[:2] for line in lines] == [["warn" if n in ("app_restart", "remote") else "ok", n]
+                                                          for n in CHECK_NAMES]
     assert "0002_trips (the head)" in checks["alembic_revision"]["detail"]
     assert "HTTP 200" in checks["readyz"]["detail"]
     assert "Sup3rSecretPw" not in text and ":***@" in checks["database"]["detail"]
