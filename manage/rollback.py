@@ -19,6 +19,8 @@ from rollback.journal import RESTORE_STEPS, Journal, TxnStatus, is_success, step
 from rollback.manifest import Manifest
 from rollback.settings import Settings
 
+from . import discarded as discarded_cli, drill, plan as plan_cli
+from . import remote as remote_cli
 from .follow import follow, follow_canary, follow_journal, require_worker
 from .exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("list", help="list snapshots, newest first")
     s.add_argument("--json", action="store_true")
+    remote_cli.add_list_flag(s)
 
     s = sub.add_parser("show", help="show one snapshot's manifest entry")
     s.add_argument("snapshot_id")
@@ -100,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prune", help="apply retention now (BACKUP_RETENTION)")
     s.add_argument("--json", action="store_true")
+    drill.add_parser(sub)
+    plan_cli.add_parser(sub)
+    discarded_cli.add_parsers(sub)
+    remote_cli.add_parser(sub)
     return p
 
 
@@ -162,23 +169,28 @@ def cmd_snapshot(settings: Settings, args, out: Printer) -> int:
 
 
 def cmd_list(settings: Settings, args, out: Printer) -> int:
-    entries = list(reversed(Manifest.for_settings(settings).entries()))
+    if args.remote:
+        return remote_cli.list_remote(settings, args, out)
+    entries = remote_cli.with_state(settings, list(reversed(Manifest.for_settings(settings).entries())))
     if args.json:
         return _print_json(entries)
     if not entries:
         print(f"no snapshots in {settings.backup_dir}")
         return EXIT_OK
-    print(f"{'ID':<24} {'CREATED':<21} {'CODE':<12} {'ALEMBIC':<14} {'DB':>10} {'DATA':>10} {'READY':<6} NOTES")
+    print(f"{'ID':<24} {'CREATED':<21} {'CODE':<12} {'ALEMBIC':<14} {'DB':>10} {'DATA':>10} {'READY':<6} "
+          f"{'PROVEN RESTORABLE':<25} {'REMOTE':<17} NOTES")
     for e in entries:
         ready = (e.get("ready_check") or {}).get("status", "-")
         print(f"{e['id']:<24} {e['created_at']:<21} {(e.get('app_revision') or '-')[:12]:<12} "
               f"{str(e.get('alembic_revision') or '-')[:14]:<14} {_size(e['artifacts']['db']['size']):>10} "
-              f"{_size(e['artifacts']['data']['size']):>10} {ready:<6} {e.get('notes', '')}")
+              f"{_size(e['artifacts']['data']['size']):>10} {ready:<6} {drill.proven(e.get('drill')):<25} "
+              f"{remote_cli.state_cell(e):<17} {e.get('notes', '')}")
     return EXIT_OK
 
 
 def cmd_show(settings: Settings, args, out: Printer) -> int:
     entry = Manifest.for_settings(settings).resolve(validate_snapshot_id(args.snapshot_id, allow_latest=True))
+    entry = remote_cli.with_state(settings, [entry])[0]
     if args.json:
         return _print_json(entry)
     print(json.dumps(entry, indent=2, ensure_ascii=False))
@@ -199,7 +211,7 @@ def cmd_verify(settings: Settings, args, out: Printer) -> int:
 
 def cmd_restore(settings: Settings, args, out: Printer) -> int:
     ref = validate_snapshot_id(args.snapshot, allow_latest=True)
-    entry = Manifest.for_settings(settings).resolve(ref)
+    entry = remote_cli.resolve_anywhere(settings, ref)  # BACKUP_DIR lost: the bucket's copy
     if not args.yes:
         _confirm(settings, entry)
     if args.local:
@@ -340,6 +352,10 @@ def cmd_fingerprint(settings: Settings, args, out: Printer) -> int:
 COMMANDS = {"check": cmd_check, "snapshot": cmd_snapshot, "list": cmd_list, "show": cmd_show, "verify": cmd_verify,
             "restore": cmd_restore, "resume": cmd_resume, "status": cmd_status, "prune": cmd_prune,
             "fingerprint": cmd_fingerprint, "standby": cmd_standby, "canary": cmd_canary}
+COMMANDS["drill"] = drill.run
+COMMANDS.update({"plan": plan_cli.run, "discarded": discarded_cli.run_discarded,
+                 "carry-forward": discarded_cli.run_carry_forward})
+COMMANDS["pull"] = remote_cli.cmd_pull
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -354,6 +370,8 @@ def _finish_local(settings: Settings, txn: str, args, out: Printer) -> int:
     code = _report_restore(restore_summary(doc), args)
     if needs_verification_after_restore(doc):
         _verify_after_local_standby_restore(settings, doc, out)
+    if is_success(doc["status"]):  # the worker makes it in the background; here, once the restore is reported
+        discarded_cli.report_after_local_restore(settings, doc["txn"], out)
     return code
 
 
@@ -440,7 +458,7 @@ def _say(text: str) -> int:
     return EXIT_OK
 
 
-PRIVILEGED = ("snapshot", "restore", "resume", "prune", "standby", "canary")
+PRIVILEGED = ("snapshot", "restore", "resume", "prune", "standby", "canary", "drill", "pull", "carry-forward")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

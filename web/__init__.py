@@ -17,9 +17,11 @@ from .access import address_allowed, audit, client_address
 from .api import api
 from .config import WebConfig
 from .console import init_console
+from . import discarded as _discarded  # noqa: F401  (adds /plan and /discarded to the API blueprint)
 from .context import ADMIN_PREFIX, API_PREFIX, CONTEXT_KEY, WebContext, error_response, under, web_context
 from .errors import http_status_for
 from .jobs import bind_celery
+from .metrics import register_metrics
 from .readyz import readiness
 from .shared import SharedStore
 
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None, config: WebConfig | None = None
     _configure(app, config)
     bind_celery(settings)
     _register_health(app, ctx)
+    register_metrics(app, ctx)
     _register_guards(app)
     _register_errors(app)
 

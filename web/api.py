@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify, request, url_for
 from rollback.errors import LockHeld, RollbackError
 from rollback.ids import validate_snapshot_id
 from rollback.manifest import Manifest
+from rollback.remote import with_remote_state
 
 from .access import audit, bearer_token_valid, client_address
 from .context import API_PREFIX, error_response, web_context
@@ -72,8 +73,10 @@ def restores():
 
 @api.get("/snapshots")
 def snapshots():
-    entries = list(reversed(Manifest.for_settings(web_context().settings).entries()))
-    return jsonify(snapshots=entries)
+    settings = web_context().settings
+    entries = with_remote_state(settings, list(reversed(Manifest.for_settings(settings).entries())))
+    # `drill` is always present: null until the snapshot was drilled (python -m manage.rollback drill)
+    return jsonify(snapshots=[dict(e, drill=e.get("drill")) for e in entries])
 
 
 @api.post("/snapshot")

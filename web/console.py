@@ -15,10 +15,13 @@ from rollback import pg
 from rollback.errors import LockHeld, RollbackError
 from rollback.ids import validate_snapshot_id
 from rollback.manifest import Manifest
+from rollback.remote import with_remote_state
 from rollback.resources.code import strategy_for
+from rollback.space import backup_space
 
 from .access import (LoginThrottle, audit, client_address, credentials_valid, current_user, log_in, log_out)
 from .context import WebContext, error_response
+from .discarded import plan_for_page, report_or_404, with_reports
 from .jobs import active_restore, start_restore, start_snapshot, start_verify
 from .progress import history, restore_status
 
@@ -32,6 +35,7 @@ SORT_KEYS = {
     "data": lambda e: e["artifacts"]["data"]["size"],
     "verified": lambda e: str((e.get("verified") or {}).get("ok")),
     "ready": lambda e: str((e.get("ready_check") or {}).get("status")),
+    "remote": lambda e: str((e.get("remote") or {}).get("state")),
 }
 
 
@@ -79,11 +83,11 @@ class RollbackView(ConsoleView):
 
     @expose("/")
     def index(self):
-        entries = Manifest.for_settings(self.ctx.settings).entries()
+        entries = with_remote_state(self.ctx.settings, Manifest.for_settings(self.ctx.settings).entries())
         sort, direction = _sort_args()
         rows = sorted(entries, key=SORT_KEYS[sort], reverse=direction == "desc") if sort else entries[::-1]
         return self.render("rollback/index.html", rows=rows, sort=sort or "created", direction=direction,
-                           latest=entries[-1] if entries else None)
+                           latest=entries[-1] if entries else None, space=backup_space(self.ctx.settings))
 
     @expose("/confirm/<ref>")
     def confirm(self, ref: str):
@@ -96,7 +100,8 @@ class RollbackView(ConsoleView):
     def _confirm_page(self, ref: str, form: RestoreForm):
         entry = Manifest.for_settings(self.ctx.settings).resolve(validate_snapshot_id(ref, allow_latest=True))
         form.snapshot_id.data = entry["id"]
-        return self.render("rollback/confirm.html", entry=entry, form=form, current=_current_state(self.ctx))
+        return self.render("rollback/confirm.html", entry=entry, form=form, current=_current_state(self.ctx),
+                           plan=plan_for_page(self.ctx.settings, entry["id"]))
 
     @expose("/restore", methods=("POST",))
     def restore(self):
@@ -189,7 +194,11 @@ class RollbackView(ConsoleView):
 class HistoryView(ConsoleView):
     @expose("/")
     def index(self):
-        return self.render("rollback/history.html", rows=history(self.ctx.settings))
+        return self.render("rollback/history.html", rows=with_reports(self.ctx.settings, history(self.ctx.settings)))
+
+    @expose("/discarded/<txn>")
+    def discarded(self, txn: str):
+        return self.render("rollback/discarded.html", report=report_or_404(self.ctx.settings, txn))
 
 
 class HomeView(AdminIndexView):
