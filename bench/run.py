@@ -2,11 +2,14 @@
 
     python -m bench.run --sizes 0.25,1,2 --reps 2 --write docs/performance.md
 
-For each size (GB of database + the same of data dir) and repetition it times
+For each size (GB of database + the same of data dir) and repetition, in the same run:
   naive: pg_dump -Fc + tar czf (snapshot); pg_restore --clean + tar xzf (restore)
-  ours:  create_snapshot; preflight + db + data + code of a restore (readyz excluded)
-in child processes (so the peak RSS is the worker's own), and reports medians, the naive/ours ratio,
-bytes on disk and peak RSS. Timings are printed and written, never asserted.
+  ours, as the operator sees it: `python -m manage.rollback snapshot`, then (once the warm standby the
+  worker prepares after it is ready) `restore --snapshot ID --yes` twice: warm (the standby), then cold
+  (the standby was consumed), each through a real `celery -A tasks worker` (bench/operator.py), timed
+  from start to exit; next to it the steps' own times (the worker's task time for the snapshot, the
+  journal's step durations for the restores), bytes on disk, and the peak RSS of every worker process
+  and of the CLI. Medians are printed and written, never asserted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import http.server
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 
 from bench.datagen import create_data_dir, create_database
+from bench.operator import Worker, cli, journal, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -140,49 +145,78 @@ def run_size(size_gb: float, reps: int, work: Path) -> dict:
     data_bytes = create_data_dir(data, size_gb)
     _app_repo(repo)
     server, env, pg_env = bench_environment(db, work)
-    naive_dir = work / "naive"
+    worker = Worker(dict(env, ROLLBACK_STANDBY="true"), work / "worker.log")
+    env = worker.env
     rows = []
-    for rep in range(reps):
-        print(f"[{size_gb} GB] repetition {rep + 1}/{reps}", flush=True)
-        shutil.rmtree(naive_dir, ignore_errors=True)
-        naive_dir.mkdir()
-        r = {}
-        r["naive_dump"] = _timed(["pg_dump", "-Fc", "-f", str(naive_dir / "db.dump")], env=pg_env)
-        # Back to back, as a script would run them (ours also runs its steps without a pause).
-        r["naive_tar_c"] = _timed(["tar", "czf", str(naive_dir / "data.tar.gz"), "-C", str(data), "."], settle=False)
-        r["naive_bytes"] = sum(f.stat().st_size for f in naive_dir.iterdir())
-        r["naive_pg_restore"] = _timed(["pg_restore", "--clean", "--if-exists", "-d", db,
-                                        str(naive_dir / "db.dump")], env=pg_env)
-        (naive_dir / "x").mkdir()
-        r["naive_tar_x"] = _timed(["tar", "xzf", str(naive_dir / "data.tar.gz"), "-C", str(naive_dir / "x")],
-                                  settle=False)
-        shutil.rmtree(naive_dir)
-
-        snap = _child(env, "snapshot")
-        r["ours_snapshot"], r["ours_bytes"], r["snapshot_rss_mb"] = snap["seconds"], snap["bytes"], snap["max_rss_mb"]
-        restore = _child(env, "restore", snap["id"])
-        assert restore["status"] == "succeeded", restore
-        for step in ("preflight", "db", "data", "code"):
-            r[f"ours_{step}"] = restore["steps"][step]
-        r["restore_rss_mb"] = restore["max_rss_mb"]
-        _cleanup_side_copies(db, data)
-
-        standby = _child(env, "standby", snap["id"])
-        r["standby_prepare"], r["standby_rss_mb"] = standby["seconds"], standby["max_rss_mb"]
-        warm = _child(env, "restore", snap["id"])
-        assert warm["status"] == "succeeded", warm
-        for step in ("preflight", "db", "data", "code"):
-            r[f"warm_{step}"] = warm["steps"][step]
-        r["warm_rss_mb"] = warm["max_rss_mb"]
-        rows.append(r)
-        _cleanup_side_copies(db, data)
-        shutil.rmtree(backup, ignore_errors=True)
-    server.shutdown()
+    try:
+        for rep in range(reps):
+            print(f"[{size_gb} GB] repetition {rep + 1}/{reps}", flush=True)
+            r = _naive(work / "naive", data, db, pg_env)
+            r.update(_operator(worker, env, backup, db, data))
+            print(f"[{size_gb} GB] {json.dumps({k: round(v, 2) for k, v in r.items()})}", flush=True)
+            rows.append(r)
+    finally:
+        worker.stop()
+        server.shutdown()
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
     med["size_gb"], med["db_bytes"], med["data_bytes"], med["reps"] = size_gb, db_bytes, data_bytes, reps
     _drop(db)
     shutil.rmtree(work, ignore_errors=True)
     return med
+
+
+def _naive(naive_dir: Path, data: Path, db: str, pg_env: dict) -> dict:
+    """The runbook's commands, as a script would run them."""
+    shutil.rmtree(naive_dir, ignore_errors=True)
+    naive_dir.mkdir()
+    r = {}
+    r["naive_dump"] = _timed(["pg_dump", "-Fc", "-f", str(naive_dir / "db.dump")], env=pg_env)
+    # Back to back, as a script would run them (ours also runs its steps without a pause).
+    r["naive_tar_c"] = _timed(["tar", "czf", str(naive_dir / "data.tar.gz"), "-C", str(data), "."], settle=False)
+    r["naive_bytes"] = sum(f.stat().st_size for f in naive_dir.iterdir())
+    r["naive_pg_restore"] = _timed(["pg_restore", "--clean", "--if-exists", "-d", db, str(naive_dir / "db.dump")],
+                                   env=pg_env)
+    (naive_dir / "x").mkdir()
+    r["naive_tar_x"] = _timed(["tar", "xzf", str(naive_dir / "data.tar.gz"), "-C", str(naive_dir / "x")], settle=False)
+    shutil.rmtree(naive_dir)
+    return r
+
+
+STEPS = ("preflight", "db", "data", "code", "readyz")
+
+
+def _operator(worker: Worker, env: dict, backup: Path, db: str, data: Path) -> dict:
+    """Snapshot, warm restore (once the standby is ready) and cold restore of the same snapshot, each
+    through the CLI and the worker; the steps' own times from the worker log and the journals."""
+    r = {}
+    _settle()
+    mark = worker.log_size()
+    snap = cli(env, "snapshot", "--notes", "bench", "--json")
+    entry = json.loads(snap["stdout"][snap["stdout"].index("{"):])
+    r["cli_snapshot"], r["task_snapshot"] = snap["seconds"], worker.task_seconds("rollback.snapshot", mark)[-1]
+    r["ours_bytes"] = sum(a["size"] for a in entry["artifacts"].values())
+    r["cli_rss_mb"] = snap["max_rss_mb"]
+    wait_for(lambda: worker.task_seconds("rollback.standby.prepare", mark), 1800, "the standby", poll=0.2)
+    r["standby_prepare"] = worker.task_seconds("rollback.standby.prepare", mark)[-1]
+    worker.sample_rss()
+    for kind in ("warm", "cold"):
+        _settle()
+        mark = worker.log_size()
+        done = cli(env, "restore", "--snapshot", entry["id"], "--reason", f"bench {kind}", "--yes")
+        txn = re.search(r"restore (txn-\S+)", done["stderr"] + done["stdout"])[1]
+        doc = journal(backup, txn)
+        assert doc["status"] == "succeeded", doc
+        assert bool(doc["marks"].get("standby")) == (kind == "warm"), doc["marks"]
+        r[f"cli_{kind}"] = done["seconds"]
+        for step in STEPS:
+            r[f"{kind}_{step}"] = doc["steps"][step].get("duration_sec") or 0.0
+        r["cli_rss_mb"] = max(r["cli_rss_mb"], done["max_rss_mb"])
+        # The artifacts' check a warm restore leaves to a background task, and any other follow-up task.
+        wait_for(worker.idle, 600, "the worker's follow-up tasks", poll=0.2)
+        worker.sample_rss()
+        _cleanup_side_copies(db, data)
+    r["worker_rss_mb"] = worker.peak_rss_mb()
+    return r
 
 
 def _child(env: dict, *args: str) -> dict:
@@ -203,28 +237,28 @@ def table(results: list[dict]) -> str:
     def mb(n):
         return f"{n / (1 << 20):,.0f} MiB"
 
+    def steps(m, kind, fmt):
+        return " / ".join(format(m[f"{kind}_{s}"], fmt) for s in ("preflight", "db", "data", "code"))
+
     lines = [
-        "| size (db + data) | naive snapshot | ours snapshot | naive restore | ours cold restore (preflight / db / data / code) "
-        "| cold ratio naive/ours | ours warm restore (preflight / db / data / code) | standby prep (background) "
-        "| bytes naive / ours | peak RSS snapshot / cold / standby / warm |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| size (db + data) | naive snapshot | ours snapshot: CLI (task) | snapshot naive/ours "
+        "| naive restore | ours cold restore: CLI (preflight / db / data / code) | cold naive/ours "
+        "| ours warm restore: CLI (preflight / db / data / code) | standby prep (background) "
+        "| bytes naive / ours | peak RSS worker / CLI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in results:
         naive_snap = m["naive_dump"] + m["naive_tar_c"]
         naive_restore = m["naive_pg_restore"] + m["naive_tar_x"]
-        ours_restore = sum(m[f"ours_{s}"] for s in ("preflight", "db", "data", "code"))
-        warm = sum(m[f"warm_{s}"] for s in ("preflight", "db", "data", "code"))
         lines.append(
             f"| {mb(m['db_bytes'])} + {mb(m['data_bytes'])} "
-            f"| {naive_snap:.1f} s ({m['naive_dump']:.1f} + {m['naive_tar_c']:.1f}) | {m['ours_snapshot']:.1f} s "
+            f"| {naive_snap:.1f} s ({m['naive_dump']:.1f} + {m['naive_tar_c']:.1f}) "
+            f"| {m['cli_snapshot']:.1f} s ({m['task_snapshot']:.1f}) | {naive_snap / m['cli_snapshot']:.1f}× "
             f"| {naive_restore:.1f} s ({m['naive_pg_restore']:.1f} + {m['naive_tar_x']:.1f}) "
-            f"| {ours_restore:.1f} s ({m['ours_preflight']:.1f} / {m['ours_db']:.1f} / {m['ours_data']:.1f} / "
-            f"{m['ours_code']:.2f}) | {naive_restore / ours_restore:.2f}× "
-            f"| {warm:.2f} s ({m['warm_preflight']:.2f} / {m['warm_db']:.2f} / {m['warm_data']:.2f} / "
-            f"{m['warm_code']:.2f}) | {m['standby_prepare']:.1f} s "
+            f"| {m['cli_cold']:.1f} s ({steps(m, 'cold', '.1f')}) | {naive_restore / m['cli_cold']:.2f}× "
+            f"| {m['cli_warm']:.2f} s ({steps(m, 'warm', '.2f')}) | {m['standby_prepare']:.1f} s "
             f"| {mb(m['naive_bytes'])} / {mb(m['ours_bytes'])} "
-            f"| {m['snapshot_rss_mb']:.0f} / {m['restore_rss_mb']:.0f} / {m['standby_rss_mb']:.0f} / "
-            f"{m['warm_rss_mb']:.0f} MB |")
+            f"| {m['worker_rss_mb']:.0f} / {m['cli_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 
 
