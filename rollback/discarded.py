@@ -30,6 +30,7 @@ from .diff.tables import compare_databases
 from .diff.tree import compare_trees
 from .errors import LockHeld, RollbackError
 from .fsutil import atomic_write_bytes, fsync_dir
+from .manifest import ensure_private_dir
 from .ids import utc_now_iso, validate_txn_id
 from .journal import Journal, is_success
 from .lock import ServiceLock, describe_holder
@@ -127,7 +128,7 @@ def build_report(settings: Settings, txn: str, progress: Progress | Sink | None 
     _write_summary(settings, txn, {"txn": txn, "status": RUNNING, "started_at": started})
     work = report_dir(settings, txn).with_name("discarded.tmp")
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, mode=0o700)
+    ensure_private_dir(work)
     pre_db, pre_tree = copies(settings, doc)
     summary = {"txn": txn, "snapshot_id": doc.get("snapshot_id"), "status": RUNNING, "started_at": started,
                "replaced_database": pre_db, "replaced_tree": str(pre_tree), "notes": []}
@@ -175,7 +176,7 @@ def _check_still_restored(settings: Settings, doc: dict) -> None:
 
 def _write_summary(settings: Settings, txn: str, summary: dict) -> None:
     folder = report_dir(settings, txn)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(folder)
     atomic_write_bytes(folder / SUMMARY, _dumps(summary).encode())
 
 

@@ -64,6 +64,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o600) 
         raise
 
 
+def open_private(path: str | os.PathLike, binary: bool = False):
+    """Open `path` for writing (created or truncated) with mode 0600 whatever the umask: what goes in
+    BACKUP_DIR (row data, file listings, artifacts) is readable by the service's user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    if binary:
+        return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape")
+
+
 class HashingWriter:
     """Write-through wrapper around a binary file that tracks the SHA-256 and size of what passed."""
 

@@ -51,8 +51,14 @@ def manifest_mac(key: bytes, entries: list[dict]) -> str:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) if needed and make it 0700."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Create `path` if needed and make it 0700, with every parent this creates (0700 whatever the umask)."""
+    missing, probe = [], Path(path)
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o700)
     os.chmod(path, 0o700)
     return path
 

@@ -30,6 +30,7 @@ from psycopg import sql
 from . import pg
 from .archive.stream import decompressor, detect_codec
 from .errors import RollbackError
+from .fsutil import open_private
 from .settings import Settings
 
 CHUNK = 1 << 20
@@ -171,13 +172,16 @@ def archive_summary(archive: Path, listing: Path | None = None) -> dict:
 
 
 def _write_listing(dest: Path, lines: list[tuple[str, str, int, str]], mtimes: dict[str, int]) -> None:
-    with open(dest, "w", encoding="utf-8", errors="surrogateescape") as out:
+    """Written beside, then renamed: a listing that exists is complete (a plan reads it as the snapshot's)."""
+    partial = dest.with_name(f".{dest.name}.partial")
+    with open_private(partial) as out:
         for path, kind, size, digest in sorted(lines, key=lambda line: line[0].split("/")):  # walk order
             if kind in ("file", "symlink"):
                 out.write(json.dumps({"path": path, "kind": kind, "size": size, "mtime": mtimes.get(path),
                                       "sha256" if kind == "file" else "target": digest}, ensure_ascii=False) + "\n")
         out.flush()
         os.fsync(out.fileno())
+    os.replace(partial, dest)
 
 
 def _resolved(lines: list[tuple[str, str, int, str]]) -> list[tuple[str, str, int, str]]:

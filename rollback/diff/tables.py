@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from .. import pg
+from ..fsutil import open_private
 from ..progress import NO_PROGRESS, Progress
 from ..settings import Settings
 
@@ -151,7 +152,7 @@ def _merge(old, new, replaced: TableInfo, restored: TableInfo | None, result: Ta
     counts = {"insert": 0, "update": 0, "delete": 0}
     total = max(replaced.estimate, 1)
     seen = 0
-    with open(path, "w", encoding="utf-8") as out:
+    with open_private(path) as out:
         def emit(op: str, row: str, before: str | None = None, after_restore: bool = False) -> None:
             counts[op] += 1
             key = json.dumps(dict(zip(replaced.key, _key_values(row, replaced.key))), ensure_ascii=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..fsutil import sha256_file
+from ..fsutil import open_private, sha256_file
 from ..progress import NO_PROGRESS, Progress
 from ..resources.data_tree import RESERVED_PREFIXES
 
@@ -32,7 +32,7 @@ def compare_trees(replaced: Path, restored: Path, out_path: Path, progress: Prog
         notes.append(f"the replaced data tree {replaced} no longer exists: no file was compared")
         counts["file"] = None
         return dict(counts, first=first)
-    with open(out_path, "w", encoding="utf-8") as out:
+    with open_private(out_path) as out:
         def emit(op: str, rel: str, size: int) -> None:
             counts[op] += 1
             if len(first[op]) < FIRST_PATHS:

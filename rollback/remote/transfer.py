@@ -25,7 +25,7 @@ import time
 from .. import __version__, logbook
 from ..crypto import ALGORITHM, DecryptingWriter, EncryptingReader, key_id
 from ..errors import ConfigError, IntegrityError, RollbackError, SnapshotNotFound
-from ..fsutil import HashingWriter, atomic_write_bytes, fsync_dir
+from ..fsutil import HashingWriter, atomic_write_bytes, fsync_dir, open_private
 from ..ids import utc_now_iso
 from ..manifest import Manifest, validate_entry
 from ..progress import NO_PROGRESS, Progress
@@ -218,7 +218,7 @@ def fetch_snapshot(settings: Settings, snapshot_id: str, progress: Progress = NO
     progress(0, max(total, 1), f"fetching {snapshot_id} from {store.where(snapshot_id)}")
     try:
         for name, art in arts:
-            with open(tmp / art["file"], "wb") as f:
+            with open_private(tmp / art["file"], binary=True) as f:
                 _download_checked(store, settings, snapshot_id, name, art, record["objects"][name], f, counter)
                 f.flush()
                 os.fsync(f.fileno())

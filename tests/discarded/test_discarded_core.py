@@ -7,6 +7,7 @@ and advances the sequence. Real Postgres, git, tar."""
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
@@ -23,7 +24,8 @@ from tests.discarded.writes import GroundTruth, keep_writing
 def test_plan_report_and_carry_forward(settings, strategy):
     settings = settings.with_overrides(db_restore_strategy=strategy)  # in-place: the report reads its pre-copy
     snap = create_snapshot(settings, notes="before the deploy")
-    assert (settings.backup_dir / snap["id"] / "data-listing.jsonl").is_file()
+    listing = settings.backup_dir / snap["id"] / "data-listing.jsonl"
+    assert listing.is_file() and stat.S_IMODE(listing.stat().st_mode) == 0o600
     state.bad_deploy(settings, settings.app_repo_dir)  # nickname column, audit_events table, its own writes
     truth = GroundTruth.of_bad_deploy()
     keep_writing(settings, truth)
@@ -46,6 +48,11 @@ def test_plan_report_and_carry_forward(settings, strategy):
     assert sorted(plan["data"]["first"]["changed"]) == sorted(truth.files_changed)
     assert plan["path"] == "cold" and plan["space"]["ok"] and plan["estimate_sec"] is None
     assert state.alembic_version(settings) == "0003_bad_deploy"  # the plan changed nothing
+    # A snapshot without its listing (pulled from the bucket, or older): the plan lists the archive once.
+    listing.unlink()
+    rebuilt = build_plan(settings, "latest")["data"]
+    assert "built from the snapshot's archive" in rebuilt.pop("note")
+    assert rebuilt == plan["data"] and listing.is_file()
 
     doc = run_restore_local(settings, snap["id"], reason="bad deploy")
     assert doc["status"] == "succeeded", doc
@@ -59,6 +66,10 @@ def test_plan_report_and_carry_forward(settings, strategy):
     assert reused == truth.inserted["users"][:2]
     summary = discarded.build_report(settings, doc["txn"])
     assert summary["status"] == "done"
+    # Row data and file lists: readable by the service's user only, whatever the umask.
+    txn_folder = discarded.report_dir(settings, doc["txn"]).parent
+    for path in [txn_folder, *txn_folder.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
     by_table = {t["table"]: t for t in summary["tables"]}
     assert by_table["public.users"]["columns_only_in_replaced"] == ["nickname"]
     assert "public.alembic_version" not in by_table
@@ -189,3 +200,23 @@ def _keys(settings, txn: str, entry: dict, *columns: str) -> dict[str, list]:
         key = tuple(record["key"][c] for c in columns)
         out[record["op"]].append(key[0] if len(key) == 1 else key)
     return {op: sorted(keys, key=str.casefold if columns == ("name",) else None) for op, keys in out.items()}
+
+
+def test_updates_carry_forward_on_columns_without_an_equality_operator(settings):
+    """json, xml and geometric columns have no `=`: the update's "row unchanged since the restore" check
+    compares them as text, and the discarded update is re-applied."""
+    with state.connect(settings) as conn:
+        conn.execute("create table docs (id int primary key, body json, at point, tags json[])")
+        conn.execute("""insert into docs values (1, '{"v": 1}', point(1, 2), array['{"t": 1}']::json[]),
+                                                (2, '{"v": 2}', point(3, 4), null)""")
+    snap = create_snapshot(settings)
+    with state.connect(settings) as conn:
+        conn.execute("""update docs set body = '{"v": 10, "note": "kept"}', at = point(5, 6) where id = 1""")
+    doc = run_restore_local(settings, snap["id"], reason="json")
+    summary = discarded.build_report(settings, doc["txn"])
+    assert {t["table"]: t["update"] for t in summary["tables"]}["public.docs"] == 1
+    done = carry_forward.carry_rows(settings, doc["txn"], "docs", ops=("update",))
+    assert done["applied"] == 1 and done["skipped"] == 0, done
+    with state.connect(settings) as conn:
+        body, at = conn.execute("select body::text, at::text from docs where id = 1").fetchone()
+    assert json.loads(body) == {"v": 10, "note": "kept"} and at == "(5,6)"

@@ -1,7 +1,7 @@
 """Item 10: secrets never leak, and BACKUP_DIR is private.
 
 The deployment's secrets (the database password in DATABASE_URL, MANIFEST_HMAC_KEY, the API token, the
-console password and SECRET_KEY) are set for a worker and for the CLI. While snapshots and restores run
+console password, SECRET_KEY and BACKUP_ENCRYPTION_KEY) are set for a worker and for the CLI. While snapshots and restores run
 (through the worker and with --local, the in-place strategy's alembic child included, and one that
 fails on an unreachable database), a sampler reads /proc/*/cmdline every few milliseconds. Then the
 logs, the CLI's output, the worker's output, every Celery result in Redis, the journals, the manifest
@@ -13,6 +13,7 @@ Every file in BACKUP_DIR must be 0600 and every folder 0700, even with a umask o
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import stat
@@ -89,11 +90,12 @@ def test_no_secret_in_argv_logs_results_or_journal_and_backup_dir_is_private(set
     token = "tk-" + secrets.token_hex(16)
     admin_password = "ap-" + secrets.token_hex(12)
     secret_key = "sk-" + secrets.token_hex(16)
-    needles = [password, hmac_key, token, admin_password, secret_key]
+    encryption_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    needles = [password, hmac_key, token, admin_password, secret_key, encryption_key]
     db = settings.database
     env = dict(live_env, DATABASE_URL=f"postgresql+psycopg://{db.user}:{password}@{db.host}:{db.port}/{db.dbname}",
                MANIFEST_HMAC_KEY=hmac_key, ROLLBACK_API_TOKEN=token, ROLLBACK_ADMIN_USER="ops",
-               ROLLBACK_ADMIN_PASSWORD=admin_password, SECRET_KEY=secret_key)
+               ROLLBACK_ADMIN_PASSWORD=admin_password, SECRET_KEY=secret_key, BACKUP_ENCRYPTION_KEY=encryption_key)
     case = figures.case(10, "secrets in /proc/*/cmdline, logs, CLI output, Celery results, journals; BACKUP_DIR modes")
     worker = workers.start(env, umask=0)
     sampler = CmdlineSampler(needles)
