@@ -37,6 +37,7 @@ from .lock import ServiceLock, describe_holder
 from .settings import Settings
 
 OPS = ("insert", "update", "delete")
+NO_EQUALITY_TYPES = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}
 MAX_LISTED = 50  # skipped rows listed in the result (all are counted)
 
 
@@ -150,12 +151,20 @@ def _statement(target, op: str, row: dict) -> sql.Composable:
     # change made in the restored app since is never overwritten
     changed = sql.SQL(", ").join(sql.Identifier(c) for c in cols if c not in target.key)
     before = sql.SQL("jsonb_populate_record(null::{}, %(before)s::jsonb)").format(table)
-    same = sql.SQL(" and ").join(
-        sql.SQL("t.{c} is not distinct from b.{c}").format(c=sql.Identifier(c)) for c in cols)
+    same = sql.SQL(" and ").join(_same_value(c, target.columns[c]) for c in cols)
     return sql.SQL("update {t} as t set ({changed}) = (select {changed} from {src}) from {before} as b "
                    "where ({tkey}) = (select {key} from {src}) and {same}").format(
         t=table, changed=changed, src=source, before=before, same=same, key=key,
         tkey=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in target.key))
+
+
+def _same_value(column: str, type_name: str) -> sql.Composable:
+    """t.column equals b.column; types without an equality operator (json, xml, geometric) compare as text,
+    which is exact here: both sides are the restored row's own values."""
+    ident = sql.Identifier(column)
+    if type_name.removesuffix("[]") in NO_EQUALITY_TYPES:
+        return sql.SQL("t.{c}::text is not distinct from b.{c}::text").format(c=ident)
+    return sql.SQL("t.{c} is not distinct from b.{c}").format(c=ident)
 
 
 def _advance_sequences(conn: psycopg.Connection, target, apply: bool = True) -> list[dict]:

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from psycopg import sql
 
-from . import migrations_info, pg, standby
+from . import migrations_info, pg, snapshot_stats, standby
 from .diff.tables import table_inventory
 from .diff.tree import FIRST_PATHS, TreeEntry, walk_tree
 from .errors import RollbackError
@@ -154,9 +154,16 @@ def _data(settings: Settings, entry: dict) -> dict:
     counts = {"added": 0, "changed": 0, "removed": 0}
     first: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
     live = settings.data_base_dir
+    note = None
     if not listing.is_file():
-        return dict(counts, first=first, exact=False,
-                    note="this snapshot recorded no listing of the data tree (taken by an older version)")
+        archive = settings.backup_dir / entry["id"] / entry["artifacts"]["data"]["file"]
+        if not archive.is_file():
+            return dict(counts, first=first, exact=False,
+                        note="this snapshot has neither a listing of the data tree nor its archive here")
+        # Taken by an older version, or pulled from the bucket (which keeps only the artifacts):
+        # list the archive once, beside it, as a snapshot does while writing it.
+        snapshot_stats.archive_summary(archive, listing)
+        note = "the data tree's listing was built from the snapshot's archive (the snapshot came without one)"
     if not live.is_dir():
         return dict(counts, first=first, exact=False, note=f"DATA_BASE_DIR {live} is not a directory")
 
@@ -178,7 +185,7 @@ def _data(settings: Settings, entry: dict) -> dict:
             if not _unchanged(live, a, b):
                 count("changed", b)
             a, b = next(then, None), next(now, None)
-    return dict(counts, first=first, exact=True)
+    return dict(counts, first=first, exact=True, **({"note": note} if note else {}))
 
 
 def _listing(path: Path) -> Iterator[tuple[TreeEntry, str | None]]:
