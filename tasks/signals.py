@@ -28,3 +28,10 @@ def reconcile_on_start(sender=None, **_):
     log.warning("reconcile: %s", outcome)
     if outcome["action"] == "resume":
         send_canvas(settings, outcome["txn"], outcome["attempt"], outcome["steps"])
+    elif outcome["action"] == "finished":  # no step task runs for it: its discarded-writes report is sent here
+        from .discarded import enqueue_report
+
+        try:
+            enqueue_report(settings, outcome["txn"])
+        except Exception as exc:  # the restore's outcome is recorded; the report can be built by hand
+            log.warning("no discarded-writes report for %s (%s: %s)", outcome["txn"], type(exc).__name__, exc)
