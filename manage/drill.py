@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from rollback.drill import run_drill
 from rollback.ids import validate_snapshot_id
 from rollback.settings import Settings
 
@@ -37,6 +36,8 @@ def add_parser(sub) -> None:
 
 
 def run(settings: Settings, args, out) -> int:
+    from rollback.drill import run_drill  # SQLAlchemy (the /readyz probe) loads only for a drill
+
     result = run_drill(settings, validate_snapshot_id(args.snapshot, allow_latest=True), progress=out)
     if args.json:
         print(json.dumps({k: result[k] for k in JSON_KEYS}, indent=2, ensure_ascii=False))

@@ -7,9 +7,10 @@ import argparse
 import json
 
 from rollback import remote
-from rollback.errors import ConfigError, LockHeld
+from rollback.errors import ConfigError, LockHeld, SnapshotNotFound
 from rollback.ids import validate_snapshot_id
 from rollback.lock import ServiceLock, describe_holder
+from rollback.manifest import Manifest
 from rollback.progress import Progress
 from rollback.settings import Settings
 
@@ -82,5 +83,10 @@ def state_cell(entry: dict) -> str:
 
 def resolve_anywhere(settings: Settings, ref: str) -> dict:
     """The snapshot to restore: the local manifest's, else the bucket's (recorded locally; the restore's
-    preflight fetches its artifacts)."""
+    preflight fetches its artifacts). The bucket is asked only when the manifest lacks it."""
+    try:
+        return Manifest.for_settings(settings).resolve(ref)
+    except SnapshotNotFound:
+        if not settings.remote_url:
+            raise
     return remote.resolve_anywhere(settings, ref)

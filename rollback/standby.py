@@ -45,16 +45,27 @@ def standby_db_name(live: str, suffix: str = "__standby") -> str:
 
 def tree_digest(root: Path) -> str:
     """sha256 over every entry's path, type, mode, size, mtime and link target (no content reads):
-    cheap enough to check at restore time, and any edit of the tree changes it."""
+    cheap enough to check at restore time, and any edit of the tree changes it. Entries are taken
+    depth first, each folder's names sorted (os.walk's top-down order); one lstat per entry, done by
+    scandir's cached stat, and paths built by prefix: the warm preflight pays this for every file."""
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
-            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-            h.update(f"{os.path.relpath(path, root)}\0{st.st_mode:o}\0{size}\0{st.st_mtime_ns}\0{link}\n".encode())
+    pending = [(str(root), "")]
+    while pending:
+        folder, prefix = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            continue  # as os.walk: an unreadable folder is left out (and so changes the digest)
+        subfolders = []
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
+            link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""
+            size = st.st_size if stat.S_ISREG(mode) else 0
+            h.update(f"{prefix}{entry.name}\0{mode:o}\0{size}\0{st.st_mtime_ns}\0{link}\n".encode())
+            if stat.S_ISDIR(mode):
+                subfolders.append((entry.path, f"{prefix}{entry.name}/"))
+        pending.extend(reversed(subfolders))
     return h.hexdigest()
 
 
