@@ -30,7 +30,7 @@ from psycopg import sql
 from . import pg
 from .archive.stream import decompressor, detect_codec
 from .errors import RollbackError
-from .fsutil import open_private
+from .fsutil import fsync_dir, open_private
 from .settings import Settings
 
 CHUNK = 1 << 20
@@ -182,6 +182,7 @@ def _write_listing(dest: Path, lines: list[tuple[str, str, int, str]], mtimes: d
         out.flush()
         os.fsync(out.fileno())
     os.replace(partial, dest)
+    fsync_dir(dest.parent)
 
 
 def _resolved(lines: list[tuple[str, str, int, str]]) -> list[tuple[str, str, int, str]]:
