@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 
-from rollback.carry_forward import OPS, carry_files, carry_rows
-from rollback.discarded import DONE, ReportNotFound, build_report, require_summary
 from rollback.errors import RollbackError
 from rollback.ids import validate_txn_id
 from rollback.journal import Journal
 from rollback.settings import Settings
 
 from .exit_codes import EXIT_FAILED, EXIT_OK, UsageError
+
+# rollback.discarded and rollback.carry_forward need psycopg: they are imported by the commands that use
+# them, so that `rollback --help` also runs where only the in-app integration is installed.
+OPS = ("insert", "update", "delete")  # rollback.carry_forward.OPS
+DONE = "done"  # rollback.discarded.DONE
 
 
 def add_parsers(sub) -> None:
@@ -42,6 +45,8 @@ def _txn(settings: Settings, value: str) -> str:
 
 
 def run_discarded(settings: Settings, args, out) -> int:
+    from rollback.discarded import ReportNotFound, build_report, require_summary
+
     txn = _txn(settings, args.txn)
     try:
         summary = build_report(settings, txn, progress=out) if args.build else require_summary(settings, txn)
@@ -95,6 +100,9 @@ def run_carry_forward(settings: Settings, args, out) -> int:
     txn = _txn(settings, args.txn)
     if bool(args.table) == bool(args.files):
         raise UsageError("give --table T (repeatable) or --files")
+    from rollback.carry_forward import carry_files, carry_rows
+    from rollback.discarded import ReportNotFound
+
     try:
         result = carry_files(settings, txn, dry_run=args.dry_run) if args.files else \
             carry_rows(settings, txn, args.table, tuple(args.op or OPS), dry_run=args.dry_run)
@@ -130,6 +138,8 @@ def report_after_local_restore(settings: Settings, txn: str, out) -> None:
     """`restore --local` / `resume --local`: make the discarded-writes report in this process once the
     restore is reported; a failure is a warning (the restore itself succeeded)."""
     out.line(f"comparing what {txn} replaced with what it restored (discarded-writes report)")
+    from rollback.discarded import build_report
+
     try:
         summary = build_report(settings, txn, progress=out)
     except RollbackError as exc:

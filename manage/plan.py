@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from rollback.ids import validate_snapshot_id
-from rollback.plan import build_plan
 from rollback.settings import Settings
 
 from .exit_codes import EXIT_OK
@@ -21,6 +20,8 @@ def add_parser(sub) -> None:
 
 
 def run(settings: Settings, args, out) -> int:
+    from rollback.plan import build_plan  # psycopg: loaded by the command, not by `rollback --help`
+
     plan = build_plan(settings, validate_snapshot_id(args.snapshot, allow_latest=True))
     if args.json:
         print(json.dumps(plan, indent=2, ensure_ascii=False, default=str))

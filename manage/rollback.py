@@ -1,4 +1,5 @@
-"""Operator CLI: `python -m manage.rollback check|snapshot|list|show|verify|restore|status|resume|prune|standby|canary|fingerprint`.
+"""Operator CLI: `python -m manage.rollback check|snapshot|list|show|verify|restore|status|resume|prune|standby|canary|
+fingerprint|plan|discarded|carry-forward|drill|pull`.
 
 By default work is sent to the Celery worker and followed live; `--local` runs the same core
 steps in this process (the fallback when Redis is down). Exit codes (manage/exit_codes.py): 0 success,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import discarded, logbook, notify
+from . import discarded_summary as discarded, logbook, notify
 from .errors import LockHeld, RollbackError, SnapshotNotFound
 from .fsutil import atomic_write_bytes
 from .http_probe import probe

@@ -22,7 +22,7 @@ from typing import Callable
 from . import migrations_info, pg, remote
 from .app_command import app_env
 from .archive import DEFAULT_EXCLUDES
-from .crypto import key_id
+from .keys import key_id
 from .errors import RollbackError
 from .http_probe import fetch
 from .logbook import mask_secrets

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import logbook, pg
 from .archive import remove_tree
-from .discarded import keeps_copies
+from .discarded_summary import keeps_copies
 from .ids import utc_now_iso
 from .journal import FINAL_STATES, Journal
 from .lock import ServiceLock

@@ -15,8 +15,6 @@ errors never include it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
 import struct
@@ -24,45 +22,14 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import ConfigError, IntegrityError
+from .errors import IntegrityError
 
 MAGIC = b"RBAESGC1"
 CHUNK = 1 << 20
 TAG = 16
-KEY_BYTES = 32
 HEADER_BYTES = len(MAGIC) + 4 + 8
 ALGORITHM = "AES-256-GCM-STREAM-1MiB"
 MAX_CHUNKS = 1 << 32
-
-
-def parse_key(text: str, variable: str) -> bytes:
-    """32 bytes from base64 (standard or URL-safe, padding optional); ConfigError naming `variable`."""
-    raw = "".join(text.split())
-    padded = raw + "=" * (-len(raw) % 4)
-    key = None
-    try:
-        if set(raw) <= _STANDARD:
-            key = base64.b64decode(padded, validate=True)
-        elif set(raw) <= _URLSAFE:
-            key = base64.urlsafe_b64decode(padded)
-    except (binascii.Error, ValueError):
-        key = None
-    if key is None:
-        raise ConfigError(f"{variable}: not valid base64 (standard or URL-safe); expected {KEY_BYTES} random bytes")
-    if len(key) != KEY_BYTES:
-        raise ConfigError(f"{variable}: must be {KEY_BYTES} bytes, base64-encoded; it decodes to {len(key)} bytes "
-                          f"(make one with: python -c 'import secrets,base64; "
-                          f"print(base64.b64encode(secrets.token_bytes(32)).decode())')")
-    return key
-
-
-_ALNUM = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789=")
-_STANDARD, _URLSAFE = _ALNUM | set("+/"), _ALNUM | set("-_")
-
-
-def key_id(key: bytes) -> str:
-    """A short public fingerprint naming which key sealed an object (never the key itself)."""
-    return hashlib.sha256(b"rollback-key-id:" + key).hexdigest()[:16]
 
 
 def encrypted_size(plain_size: int, chunk: int = CHUNK) -> int:

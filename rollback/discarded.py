@@ -16,12 +16,10 @@ both streamed with bounded memory (rollback/diff/).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 
@@ -38,44 +36,9 @@ from .progress import Progress, Sink, as_progress
 from .resources.data_tree import layout
 from .resources.database import pre_database_name
 from .settings import Settings
-
-SUMMARY = "summary.json"
-FILES = "files.jsonl"
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-
-
-class ReportNotFound(RollbackError):
-    """No discarded-writes report for this transaction (bad input for the adapters)."""
-
-
-def report_dir(settings: Settings, txn: str) -> Path:
-    return settings.backup_dir / "journal" / validate_txn_id(txn) / "discarded"
-
-
-def load_summary(settings: Settings, txn: str) -> dict | None:
-    """The report's summary.json, or None when no report was ever requested for `txn`."""
-    try:
-        return json.loads((report_dir(settings, txn) / SUMMARY).read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return {"txn": txn, "status": FAILED, "error": "summary.json is unreadable"}
-
-
-def require_summary(settings: Settings, txn: str) -> dict:
-    summary = load_summary(settings, txn)
-    if summary is None:
-        Journal(settings.backup_dir).load(txn)  # "no journal for transaction ..." when the txn is unknown
-        raise ReportNotFound(f"no discarded-writes report for {txn} (it is made after a successful restore; "
-                             f"python -m manage.rollback discarded {txn} --build makes it now)")
-    return summary
-
-
-def mark_pending(settings: Settings, txn: str) -> None:
-    """Record that the report was requested (before the task is sent), unless one exists already."""
-    if load_summary(settings, txn) is None:
-        _write_summary(settings, txn, {"txn": txn, "status": PENDING, "requested_at": utc_now_iso()})
-
+from .discarded_summary import (  # noqa: F401  (re-exported: callers name the report's records here)
+    DONE, FAILED, FILES, PENDING, RUNNING, SUMMARY, ReportNotFound, _dumps, describe, keeps_copies, load_summary,
+    mark_pending, read_lines, report_dir, require_summary, table_entry, write_summary)
 
 def copies(settings: Settings, doc: dict) -> tuple[str, Path]:
     """(database, tree) the restore kept of the state it replaced, named as the restore steps name them."""
@@ -83,20 +46,6 @@ def copies(settings: Settings, doc: dict) -> tuple[str, Path]:
     database = marks.get("db_pre_copy") or pre_database_name(settings.database.dbname, doc["txn"])
     tree = layout(settings.data_base_dir, doc["txn"], bool(marks.get("data_mounted")))[1]
     return database, tree
-
-
-def keeps_copies(settings: Settings, txn: str, cutoff: float) -> bool:
-    """True while the copies of `txn` are still needed: its report is pending or running, or was made
-    after `cutoff` (the reports read them; carry-forward copies files back from them)."""
-    summary = load_summary(settings, txn)
-    if summary is None:
-        return False
-    if summary.get("status") == DONE:
-        return float(summary.get("finished_ts") or 0) >= cutoff
-    try:  # pending, running or failed: as old as its last change (a report whose worker died ages too)
-        return (report_dir(settings, txn) / SUMMARY).stat().st_mtime >= cutoff
-    except FileNotFoundError:
-        return False
 
 
 RESTORED_MARK = "db_restored_xid"
@@ -125,7 +74,7 @@ def build_report(settings: Settings, txn: str, progress: Progress | Sink | None 
         raise RollbackError(f"restore {txn} is {doc['status']}: only a successful restore has a discarded-writes report")
     _check_still_restored(settings, doc)
     started, t0 = utc_now_iso(), time.time()
-    _write_summary(settings, txn, {"txn": txn, "status": RUNNING, "started_at": started})
+    write_summary(settings, txn, {"txn": txn, "status": RUNNING, "started_at": started})
     work = report_dir(settings, txn).with_name("discarded.tmp")
     shutil.rmtree(work, ignore_errors=True)
     ensure_private_dir(work)
@@ -141,7 +90,7 @@ def build_report(settings: Settings, txn: str, progress: Progress | Sink | None 
     except (RollbackError, OSError, psycopg.Error) as exc:
         error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         shutil.rmtree(work, ignore_errors=True)
-        _write_summary(settings, txn, {"txn": txn, "status": FAILED, "started_at": started, "error": error})
+        write_summary(settings, txn, {"txn": txn, "status": FAILED, "started_at": started, "error": error})
         logbook.rollback_event(settings.rollback_log, txn, "discarded", "failed", error=error)
         raise RollbackError(f"discarded-writes report of {txn} failed: {error}") from None
     summary["totals"] = _totals(summary["tables"])
@@ -174,16 +123,6 @@ def _check_still_restored(settings: Settings, doc: dict) -> None:
                             f"{doc['txn']} restored, so what it discarded can no longer be told apart")
 
 
-def _write_summary(settings: Settings, txn: str, summary: dict) -> None:
-    folder = report_dir(settings, txn)
-    ensure_private_dir(folder)
-    atomic_write_bytes(folder / SUMMARY, _dumps(summary).encode())
-
-
-def _dumps(obj) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
-
-
 def _totals(tables: list[dict]) -> dict:
     totals = {"insert": 0, "update": 0, "delete": 0, "tables_changed": 0}
     for table in tables:
@@ -192,37 +131,3 @@ def _totals(tables: list[dict]) -> dict:
                 totals[op] += table[op]
             totals["tables_changed"] += bool(table["insert"] or table["update"] or table["delete"])
     return totals
-
-
-def read_lines(path: Path) -> Iterator[dict]:
-    """The records of a report's JSON Lines file, one at a time."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
-def table_entry(summary: dict, table: str) -> dict:
-    """The summary's entry for `table` ("users" means "public.users")."""
-    wanted = table if "." in table else f"public.{table}"
-    for entry in summary.get("tables") or []:
-        if entry["table"] == wanted:
-            return entry
-    raise ReportNotFound(f"table {table} is not in the discarded-writes report of {summary['txn']}")
-
-
-def describe(summary: dict | None, txn: str) -> str:
-    """One sentence for an alert: what the restore discarded and where it is kept."""
-    hint = f"see `python -m manage.rollback discarded {txn}`"
-    if not summary or summary.get("status") != DONE:
-        state = (summary or {}).get("status") or "not made"
-        return f"The discarded-writes report is {state}: {hint}."
-    per_table = [f"{t['insert'] + t['update'] + t['delete']} {t['table'].removeprefix('public.')}"
-                 for t in summary["tables"] if t["status"] in ("compared", "only_in_replaced")
-                 and (t["insert"] or t["update"] or t["delete"])]
-    totals, files = summary["totals"], summary["files"]
-    rows = (f"{', '.join(per_table)} row(s) ({totals['insert']} inserted, {totals['update']} updated, "
-            f"{totals['delete']} deleted)") if per_table else "no row"
-    return (f"{rows} and {files['added']} file(s) added ({files['changed']} changed, {files['removed']} removed) "
-            f"after the snapshot are kept in database {summary['replaced_database']} and "
-            f"{summary['replaced_tree']} — {hint}.")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .crypto import parse_key
+from .keys import parse_key
 from .errors import ConfigError
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}

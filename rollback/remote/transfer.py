@@ -23,7 +23,8 @@ import threading
 import time
 
 from .. import __version__, logbook
-from ..crypto import ALGORITHM, DecryptingWriter, EncryptingReader, key_id
+from ..crypto import ALGORITHM, DecryptingWriter, EncryptingReader
+from ..keys import key_id
 from ..errors import ConfigError, IntegrityError, RollbackError, SnapshotNotFound
 from ..fsutil import HashingWriter, atomic_write_bytes, fsync_dir, open_private
 from ..ids import utc_now_iso

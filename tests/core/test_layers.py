@@ -20,12 +20,12 @@ LAYERS = {
 }
 MODULE_LAYER = {
     **dict.fromkeys(["errors", "ids", "settings", "fsutil", "proc", "pg", "logbook", "progress", "readiness",
-                     "sqlprobe", "notify", "render", "migrations_info", "http_probe", "archive", "app_command", "crypto"],
+                     "sqlprobe", "notify", "render", "migrations_info", "http_probe", "archive", "app_command", "crypto", "keys"],
                     "primitives"),
     **dict.fromkeys(["manifest", "journal", "lock"], "records"),
     **dict.fromkeys(["resources", "snapshot_stats", "diff"], "resources"),
     **dict.fromkeys(["snapshot", "verify", "standby", "restore_steps", "restore", "cleanup", "retention", "canary",
-                     "check", "fingerprint", "manager", "plan", "discarded", "carry_forward", "remote", "space", "drill"], "operations"),
+                     "check", "fingerprint", "manager", "plan", "discarded", "discarded_summary", "carry_forward", "remote", "space", "drill"], "operations"),
     "flask": "integration",
 }
 # The in-app integration runs inside someone else's app: Flask and SQLAlchemy only.
