@@ -106,9 +106,10 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-# `python -m manage.rollback ...`, plus one line on stderr at exit with the process's own peak RSS.
-_CLI = ("import atexit, resource, runpy, sys; atexit.register(lambda: sys.stderr.write("
-        "'\\nBENCH_MAXRSS_KB=%d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
+# `python -m manage.rollback ...`, plus one line on stderr at exit with the process's own peak RSS: VmHWM,
+# not ru_maxrss, which Linux carries over fork and exec (it would report the bench runner's own peak).
+_CLI = ("import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('\\nBENCH_MAXRSS_KB=%s\\n' % "
+        "[l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])); "
         "sys.argv[0] = 'manage.rollback'; runpy.run_module('manage.rollback', run_name='__main__', alter_sys=True)")
 
 

@@ -36,7 +36,7 @@ ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from rollback.settings import Settings
 s = Settings.from_env()
 t0 = time.monotonic()
@@ -52,7 +52,7 @@ else:
     doc = run_restore_local(s, sys.argv[2], reason="bench")
     out = {"steps": {k: v.get("duration_sec") for k, v in doc["steps"].items()}, "status": doc["status"]}
 out["seconds"] = time.monotonic() - t0
-out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["max_rss_mb"] = int([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]) / 1024
 print(json.dumps(out))
 """
 

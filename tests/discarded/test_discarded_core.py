@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 
 import pytest
 
@@ -30,6 +31,7 @@ def test_plan_report_and_carry_forward(settings, strategy):
     truth = GroundTruth.of_bad_deploy()
     keep_writing(settings, truth)
 
+    _wait_for_write_counters(settings, truth)
     plan = build_plan(settings, "latest")
     assert set(plan) >= {"code", "alembic", "tables", "data", "path", "estimate_sec", "space"}
     assert plan["code"]["target"] == snap["app_revision"] and [c["subject"] for c in plan["code"]["commits"]] == ["bad deploy"]
@@ -146,6 +148,22 @@ def test_carry_forward_refuses_bad_input(settings):
     run_restore_local(settings, snap["id"], reason="again")
     with pytest.raises(RollbackError, match="the live database is no longer the one"):
         discarded.build_report(settings, doc["txn"])  # the newer restore replaced what this one restored
+
+
+def _wait_for_write_counters(settings, truth, timeout: float = 15.0) -> None:
+    """pg_stat_user_tables is fed by each backend when it goes idle or exits, a moment after its client
+    saw the commit: the plan's estimates read it, so wait until the recorded writes are counted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with state.connect(settings) as conn:
+            rows = {name: (ins, upd, dele) for name, ins, upd, dele in conn.execute(
+                "select relname, n_tup_ins, n_tup_upd, n_tup_del from pg_stat_user_tables "
+                "where relname in ('users', 'trips')")}
+        if all(rows.get(t, (0, 0, 0))[0] >= len(truth.inserted[t]) and rows.get(t, (0, 0, 0))[1] >= len(truth.updated[t])
+               and rows.get(t, (0, 0, 0))[2] >= len(truth.deleted[t]) for t in ("users", "trips")):
+            return
+        assert time.monotonic() < deadline, f"write counters never caught up: {rows}"
+        time.sleep(0.1)
 
 
 def _ops(settings, txn: str, entry: dict) -> dict[str, list]:
