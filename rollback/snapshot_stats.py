@@ -185,11 +185,14 @@ def _write_listing(dest: Path, lines: list[tuple]) -> None:
     lines.sort(key=lambda line: line[0].replace("/", "\0"))
     partial = dest.with_name(f".{dest.name}.partial")
     with open_private(partial) as out:
-        for path, kind, size, digest, mtime in lines:
-            if kind in ("file", "symlink"):
-                value = digest.hex() if kind == "file" else digest
-                out.write(json.dumps({"path": path, "kind": kind, "size": size, "mtime": mtime,
-                                      "sha256" if kind == "file" else "target": value}, ensure_ascii=False) + "\n")
+        quote = json.JSONEncoder(ensure_ascii=False).encode
+        for path, kind, size, digest, mtime in lines:  # the bytes json.dumps gives the dict, written faster
+            if kind == "file":
+                out.write(f'{{"path": {quote(path)}, "kind": "file", "size": {size}, "mtime": {mtime}, '
+                          f'"sha256": "{digest.hex()}"}}\n')
+            elif kind == "symlink":
+                out.write(f'{{"path": {quote(path)}, "kind": "symlink", "size": {size}, "mtime": {mtime}, '
+                          f'"target": {quote(digest)}}}\n')
         out.flush()
         os.fsync(out.fileno())
     os.replace(partial, dest)
