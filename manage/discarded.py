@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from rollback.discarded_summary import DONE, OPS
 from rollback.errors import RollbackError
 from rollback.ids import validate_txn_id
 from rollback.journal import Journal
@@ -16,8 +17,6 @@ from .exit_codes import EXIT_FAILED, EXIT_OK, UsageError
 
 # rollback.discarded and rollback.carry_forward need psycopg: they are imported by the commands that use
 # them, so that `rollback --help` also runs where only the in-app integration is installed.
-OPS = ("insert", "update", "delete")  # rollback.carry_forward.OPS
-DONE = "done"  # rollback.discarded.DONE
 
 
 def add_parsers(sub) -> None:

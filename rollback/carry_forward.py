@@ -29,6 +29,7 @@ from psycopg import sql
 
 from . import logbook, pg
 from .diff.tables import table_inventory
+from .discarded_summary import OPS
 from .discarded import DONE, FILES, ReportNotFound, copies, read_lines, report_dir, require_summary, table_entry
 from .errors import LockHeld, RollbackError
 from .fsutil import fsync_dir
@@ -36,7 +37,6 @@ from .journal import Journal
 from .lock import ServiceLock, describe_holder
 from .settings import Settings
 
-OPS = ("insert", "update", "delete")
 NO_EQUALITY_TYPES = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}
 MAX_LISTED = 50  # skipped rows listed in the result (all are counted)
 

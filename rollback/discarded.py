@@ -37,7 +37,7 @@ from .resources.data_tree import layout
 from .resources.database import pre_database_name
 from .settings import Settings
 from .discarded_summary import (  # noqa: F401  (re-exported: callers name the report's records here)
-    DONE, FAILED, FILES, PENDING, RUNNING, SUMMARY, ReportNotFound, _dumps, describe, keeps_copies, load_summary,
+    DONE, FAILED, FILES, PENDING, RUNNING, SUMMARY, ReportNotFound, report_json, describe, keeps_copies, load_summary,
     mark_pending, read_lines, report_dir, require_summary, table_entry, write_summary)
 
 def copies(settings: Settings, doc: dict) -> tuple[str, Path]:
@@ -96,7 +96,7 @@ def build_report(settings: Settings, txn: str, progress: Progress | Sink | None 
     summary["totals"] = _totals(summary["tables"])
     summary.update(status=DONE, finished_at=utc_now_iso(), finished_ts=time.time(),
                    duration_sec=round(time.time() - t0, 3))
-    atomic_write_bytes(work / SUMMARY, _dumps(summary).encode())
+    atomic_write_bytes(work / SUMMARY, report_json(summary).encode())
     final = report_dir(settings, txn)
     shutil.rmtree(final, ignore_errors=True)
     os.rename(work, final)

@@ -20,6 +20,7 @@ from .settings import Settings
 SUMMARY = "summary.json"
 FILES = "files.jsonl"
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+OPS = ("insert", "update", "delete")  # what a report line records, and what carry-forward re-applies
 
 
 class ReportNotFound(RollbackError):
@@ -72,10 +73,10 @@ def keeps_copies(settings: Settings, txn: str, cutoff: float) -> bool:
 def write_summary(settings: Settings, txn: str, summary: dict) -> None:
     folder = report_dir(settings, txn)
     ensure_private_dir(folder)
-    atomic_write_bytes(folder / SUMMARY, _dumps(summary).encode())
+    atomic_write_bytes(folder / SUMMARY, report_json(summary).encode())
 
 
-def _dumps(obj) -> str:
+def report_json(obj) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
 
 

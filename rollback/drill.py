@@ -19,10 +19,6 @@ copies are removed, and nothing is recorded.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -34,7 +30,7 @@ from . import logbook, migrations_info, pg, snapshot_stats, sqlprobe
 from .archive import remove_tree
 from .errors import LockHeld, RollbackError, SnapshotNotFound
 from .ids import utc_now_iso
-from .lock import ServiceLock, describe_holder
+from .lock import ServiceLock, describe_holder, exclusive_or_refuse
 from .manifest import Manifest
 from .notify import send_alert
 from .progress import Progress, Sink, as_progress
@@ -70,29 +66,11 @@ def preempting_holder(settings: Settings) -> dict | None:
     """The restore or snapshot now running, or None. Reads the lock's records without taking the lock
     (both are written atomically); the flock is only probed, shared, for an instant."""
     lock = ServiceLock(settings.backup_dir)
-    active = lock.active()
-    if active:
-        return active
-    try:
-        fd = os.open(lock.lock_path, os.O_RDONLY)
-    except FileNotFoundError:
+    holder = lock.active() or lock.flock_holder()
+    if holder is None:
         return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            kind = holder.get("kind") if isinstance(holder, dict) else None
-            return holder if kind in PREEMPTING_KINDS or kind is None else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    kind = holder.get("kind")
+    return holder if kind in PREEMPTING_KINDS or kind is None else None
 
 
 class _Watcher:
@@ -133,21 +111,10 @@ class _Watcher:
             raise DrillAbandoned(f"drill abandoned: {describe_holder(self.holder)}", self.holder)
 
 
-@contextlib.contextmanager
-def _one_drill(settings: Settings) -> Iterator[None]:
+def _one_drill(settings: Settings):
     """One drill at a time on this host; a second one is refused at once."""
     settings.backup_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(settings.backup_dir / DRILL_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise LockHeld("refused: another drill is running", {"kind": "drill"}) from None
-            raise
-        yield
-    finally:
-        os.close(fd)
+    return exclusive_or_refuse(settings.backup_dir / DRILL_LOCK, "refused: another drill is running", {"kind": "drill"})
 
 
 # -- the drill ---------------------------------------------------------------------------------------

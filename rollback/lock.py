@@ -70,6 +70,25 @@ class ServiceLock:
         finally:
             os.close(fd)  # releases the flock
 
+    def flock_holder(self) -> dict | None:
+        """Who holds the flock now (its record), or None when nobody does; probes with a shared lock
+        for an instant, never waits."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                holder = self._read_holder(fd)
+                return holder if isinstance(holder, dict) else {}
+            return None  # closing the fd releases the probe
+        finally:
+            os.close(fd)
+
     @staticmethod
     def _read_holder(fd: int) -> dict:
         try:
@@ -119,3 +138,20 @@ class ServiceLock:
         if isinstance(current, dict) and current.get("txn") == txn:
             self.active_path.unlink()
             fsync_dir(self.backup_dir)  # a power cut must not bring the claim back
+
+
+@contextlib.contextmanager
+def exclusive_or_refuse(path: Path, refusal: str, holder: dict | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on `path` for the block; LockHeld(refusal) at once if another process has it
+    (one standby preparation, one drill at a time on this host)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LockHeld(refusal, holder or {}) from None
+            raise
+        yield
+    finally:
+        os.close(fd)

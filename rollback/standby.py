@@ -13,14 +13,11 @@ the result takes it, and a restore in progress makes the preparation discard its
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
 
 from psycopg import sql
 
@@ -29,7 +26,7 @@ from .archive import remove_tree
 from .errors import LockHeld
 from .fsutil import atomic_write_bytes, fsync_dir
 from .ids import utc_now_iso
-from .lock import ServiceLock
+from .lock import ServiceLock, exclusive_or_refuse
 from .manifest import Manifest
 from .progress import Progress, Sink, as_progress
 from .resources import data_tree, database
@@ -73,20 +70,9 @@ def _tag(entry: dict) -> str:
     return f"rollback standby of {entry['id']} dump sha256 {entry['artifacts']['db']['sha256']}"
 
 
-@contextlib.contextmanager
-def _preparing(settings: Settings) -> Iterator[None]:
+def _preparing(settings: Settings):
     """One preparation at a time; a second one returns at once."""
-    fd = os.open(settings.backup_dir / ".standby.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise LockHeld("a standby is already being prepared") from None
-            raise
-        yield
-    finally:
-        os.close(fd)
+    return exclusive_or_refuse(settings.backup_dir / ".standby.lock", "a standby is already being prepared")
 
 
 def read_record(settings: Settings) -> dict | None:
