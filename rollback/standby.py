@@ -13,17 +13,15 @@ the result takes it, and a restore in progress makes the preparation discard its
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 
 from psycopg import sql
 
 from . import logbook, pg
 from .archive import remove_tree
-from .errors import LockHeld
+from .errors import LockHeld, RollbackError
 from .fsutil import atomic_write_bytes, fsync_dir
 from .ids import utc_now_iso
 from .lock import ServiceLock, exclusive_or_refuse
@@ -31,6 +29,7 @@ from .manifest import Manifest
 from .progress import Progress, Sink, as_progress
 from .resources import data_tree, database
 from .settings import Settings
+from .tree_seal import SEAL_KIND, tree_digest
 from .verify import verify_artifacts
 
 STANDBY_FILE = "standby.json"
@@ -38,32 +37,6 @@ STANDBY_FILE = "standby.json"
 
 def standby_db_name(live: str, suffix: str = "__standby") -> str:
     return database.side_database_name(live, suffix)
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over every entry's path, type, mode, size, mtime and link target (no content reads):
-    cheap enough to check at restore time, and any edit of the tree changes it. Entries are taken
-    depth first, each folder's names sorted (os.walk's top-down order); one lstat per entry, done by
-    scandir's cached stat, and paths built by prefix: the warm preflight pays this for every file."""
-    h = hashlib.sha256()
-    pending = [(str(root), "")]
-    while pending:
-        folder, prefix = pending.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError:
-            continue  # as os.walk: an unreadable folder is left out (and so changes the digest)
-        subfolders = []
-        for entry in entries:
-            st = entry.stat(follow_symlinks=False)
-            mode = st.st_mode
-            link = os.readlink(entry.path) if stat.S_ISLNK(mode) else ""
-            size = st.st_size if stat.S_ISREG(mode) else 0
-            h.update(f"{prefix}{entry.name}\0{mode:o}\0{size}\0{st.st_mtime_ns}\0{link}\n".encode())
-            if stat.S_ISDIR(mode):
-                subfolders.append((entry.path, f"{prefix}{entry.name}/"))
-        pending.extend(reversed(subfolders))
-    return h.hexdigest()
 
 
 def _tag(entry: dict) -> str:
@@ -104,7 +77,8 @@ def prepare_standby(settings: Settings, snapshot_id: str, progress: Progress | S
             art = entry["artifacts"]["data"]
             data_tree.stage(folder / art["file"], art, prep_tree)
             progress(3, 4, "publishing the standby")
-            record = _publish(settings, entry, prep_db, prep_tree, mounted)
+            # Sealed before the rename: the digest covers what is under the root, not the root's path.
+            record = _publish(settings, entry, prep_db, prep_tree, mounted, tree_digest(prep_tree))
         except BaseException:
             database.drop_database(settings, prep_db)
             remove_tree(prep_tree)
@@ -114,7 +88,7 @@ def prepare_standby(settings: Settings, snapshot_id: str, progress: Progress | S
     return record
 
 
-def _publish(settings: Settings, entry: dict, prep_db: str, prep_tree: Path, mounted: bool) -> dict:
+def _publish(settings: Settings, entry: dict, prep_db: str, prep_tree: Path, mounted: bool, digest: str) -> dict:
     live = settings.database.dbname
     db, tree = standby_db_name(live), data_tree.standby_tree_path(settings.data_base_dir, mounted)
     lock = ServiceLock(settings.backup_dir)
@@ -130,7 +104,7 @@ def _publish(settings: Settings, entry: dict, prep_db: str, prep_tree: Path, mou
         os.rename(prep_tree, tree)
         fsync_dir(tree.parent)
         record = {"snapshot_id": entry["id"], "database": db, "tree": str(tree), "mounted": mounted,
-                  "tree_digest": tree_digest(tree), "prepared_at": utc_now_iso()}
+                  "tree_digest": digest, "tree_seal": SEAL_KIND, "prepared_at": utc_now_iso()}
         atomic_write_bytes(settings.backup_dir / STANDBY_FILE, json.dumps(record, indent=2).encode())
     return record
 
@@ -145,8 +119,13 @@ def usable_standby(settings: Settings, entry: dict) -> tuple[dict | None, str]:
     tree = Path(record["tree"])
     if not tree.is_dir():
         return None, f"standby tree {tree} is missing"
-    if tree_digest(tree) != record.get("tree_digest"):
-        return None, "standby tree was modified after it was prepared"
+    if record.get("tree_seal") != SEAL_KIND:
+        return None, "standby tree was sealed by another version of the service"
+    try:
+        if tree_digest(tree) != record.get("tree_digest"):
+            return None, "standby tree was modified after it was prepared"
+    except RollbackError as exc:
+        return None, f"standby tree cannot be checked ({exc})"
     with pg.connect_maintenance(settings.database) as conn:
         row = conn.execute("select datallowconn, shobj_description(oid, 'pg_database') from pg_database "
                            "where datname = %s", (record["database"],)).fetchone()

@@ -42,13 +42,16 @@ def test_restore_takes_the_warm_standby(settings):
     assert _side_databases(settings) == [doc["marks"]["db_pre_copy"]]  # only the kept previous state
 
 
-@pytest.mark.parametrize("tamper", ["tree", "database", "stale"])
+@pytest.mark.parametrize("tamper", ["tree", "database", "stale", "older seal"])
 def test_altered_or_stale_standby_falls_back_to_cold(settings, tamper):
     before = state.capture(settings)
     snap = create_snapshot(settings)
     record = prepare_standby(settings, snap["id"])
     if tamper == "tree":
         (Path(record["tree"]) / "users.json").write_text("edited after preparation")
+    elif tamper == "older seal":  # a record written by a version that sealed the tree another way
+        path = settings.backup_dir / STANDBY_FILE
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "tree_seal"}))
     elif tamper == "database":
         with state.connect(settings) as conn:
             conn.execute(f'COMMENT ON DATABASE "{record["database"]}" IS \'something else\'')
@@ -61,6 +64,8 @@ def test_altered_or_stale_standby_falls_back_to_cold(settings, tamper):
 
     assert doc["status"] == "succeeded"
     assert "cold restore" in doc["steps"]["preflight"]["detail"]
+    if tamper == "older seal":
+        assert "sealed by another version" in doc["steps"]["preflight"]["detail"]
     assert "pg_restore" in doc["steps"]["db"]["detail"] and "extracted" in doc["steps"]["data"]["detail"]
     assert state.capture(settings) == before
 
