@@ -38,8 +38,9 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_st
 redis_socket_connect_timeout = 5
 redis_socket_timeout = 30
 
+# rollback.restore_steps: loaded at the worker's start, so that no restore's first step pays its import.
 imports = ("tasks.snapshot", "tasks.restore", "tasks.maintenance", "tasks.canary", "tasks.discarded",
-           "tasks.remote", "tasks.drill")
+           "tasks.remote", "tasks.drill", "rollback.restore_steps")
 
 
 def celery_schedule(text: str):

@@ -23,7 +23,6 @@ from .journal import (FINAL_STATES, RESTORE_STEPS, Journal, RestoreResult, StepS
 from .lock import ServiceLock, describe_holder
 from .manifest import Manifest
 from .progress import Progress, Sink, as_progress
-from .restore_steps import STEP_FUNCTIONS, StepContext
 from .settings import Settings
 
 MAX_ATTEMPTS = 3
@@ -153,7 +152,7 @@ class RestoreTxn:
     def run_step(self, step: str, attempt: int | None = None, progress: Progress | Sink | None = None) -> dict:
         """Run one step idempotently; returns {"step", "status": "ok"|"skipped", "detail"}."""
         validate_txn_id(self.txn)
-        if step not in STEP_FUNCTIONS:
+        if step not in RESTORE_STEPS:
             raise RollbackError(f"unknown step {step}")
         with self._holding(step, wait_sec=STEP_LOCK_WAIT_SEC):
             doc = self.load()
@@ -168,6 +167,10 @@ class RestoreTxn:
         return {"step": step, "status": "ok", "detail": detail}
 
     def _run(self, step: str, snapshot_id: str, progress: Progress) -> str:
+        # Imported here: the steps bring psycopg and the comparison code, which a client that only admits
+        # a restore (the CLI, the console) need not load. The worker loads them at start (celeryconfig).
+        from .restore_steps import STEP_FUNCTIONS, StepContext
+
         entry = Manifest.for_settings(self.settings).get(snapshot_id)
         ctx = StepContext(self.settings, self.txn, step, entry, self.journal, progress=progress)
         self.journal.step_started(self.txn, step)

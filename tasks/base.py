@@ -6,9 +6,14 @@ import logging
 import threading
 import time
 
+from rollback.journal import RESTORE_STEPS
 from rollback.settings import Settings
 
 log = logging.getLogger(__name__)
+RESTORE_STEP_TASKS = {f"rollback.restore.{step}" for step in RESTORE_STEPS}
+# Work that follows a restore (hashing the artifacts, comparing what was replaced) waits this long, so
+# that it does not take the cores while the operator's command is still receiving the outcome.
+FOLLOW_UP_DELAY_SEC = 2.0
 _lock = threading.Lock()
 _settings: Settings | None = None
 

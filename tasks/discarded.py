@@ -12,14 +12,13 @@ import logging
 from celery.signals import task_postrun
 
 from rollback.discarded import build_report, load_summary, mark_pending
-from rollback.journal import RESTORE_STEPS, Journal, is_success
+from rollback.journal import Journal, is_success
 from rollback.settings import Settings
 
 from . import app
-from .base import StateReporter, get_settings
+from .base import FOLLOW_UP_DELAY_SEC, RESTORE_STEP_TASKS, StateReporter, get_settings
 
 log = logging.getLogger(__name__)
-RESTORE_STEP_TASKS = {f"rollback.restore.{step}" for step in RESTORE_STEPS}
 
 
 @app.task(bind=True, name="rollback.discarded_report")
@@ -28,10 +27,10 @@ def discarded_report(self, txn: str) -> dict:
     return build_report(get_settings(), txn, progress=StateReporter(self, txn))
 
 
-def enqueue_report(settings: Settings, txn: str):
-    """Mark the report pending, then send its task; returns the AsyncResult."""
+def enqueue_report(settings: Settings, txn: str, countdown: float = 0):
+    """Mark the report pending, then send its task (to start `countdown` seconds later); returns the AsyncResult."""
     mark_pending(settings, txn)
-    return discarded_report.apply_async((txn,), task_id=f"discarded-{txn}")
+    return discarded_report.apply_async((txn,), task_id=f"discarded-{txn}", countdown=countdown)
 
 
 @task_postrun.connect
@@ -43,6 +42,6 @@ def _report_once_a_restore_succeeds(sender=None, args=None, kwargs=None, **_) ->
         settings = get_settings()
         doc = Journal(settings.backup_dir).load(txn)
         if is_success(doc["status"]) and load_summary(settings, txn) is None:
-            enqueue_report(settings, txn)
+            enqueue_report(settings, txn, countdown=FOLLOW_UP_DELAY_SEC)
     except Exception as exc:  # the restore's own outcome is recorded already; never fail it from here
         log.warning("no discarded-writes report for %s (%s: %s)", txn, type(exc).__name__, exc)

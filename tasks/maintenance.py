@@ -11,12 +11,12 @@ import alembic.script  # noqa: F401
 from celery.signals import task_postrun
 
 from rollback.cleanup import clean_pre_restore
-from rollback.journal import RESTORE_STEPS, Journal
+from rollback.journal import Journal
 from rollback.retention import prune
 from rollback.verify import needs_verification_after_restore, verify_after_standby_restore, verify_snapshot
 
 from . import app
-from .base import StateReporter, get_settings
+from .base import FOLLOW_UP_DELAY_SEC, RESTORE_STEP_TASKS, StateReporter, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ def verify_after_restore(self, snapshot_id: str, txn: str) -> dict:
     return verify_after_standby_restore(get_settings(), snapshot_id, txn)
 
 
-RESTORE_STEP_TASKS = {f"rollback.restore.{step}" for step in RESTORE_STEPS}
 
 
 @task_postrun.connect
@@ -61,4 +60,5 @@ def _verify_once_a_standby_restore_ends(sender=None, args=None, kwargs=None, **_
         log.warning("no background verification for %s (%s: %s)", txn, type(exc).__name__, exc)
         return
     if needs_verification_after_restore(doc):
-        verify_after_restore.apply_async((doc["snapshot_id"], txn), task_id=f"verify-{txn}-{doc.get('attempt', 1)}")
+        verify_after_restore.apply_async((doc["snapshot_id"], txn), task_id=f"verify-{txn}-{doc.get('attempt', 1)}",
+                                         countdown=FOLLOW_UP_DELAY_SEC)

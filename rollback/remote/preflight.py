@@ -1,5 +1,6 @@
 """The restore's use of the bucket: artifacts that are missing or fail their SHA-256 are fetched from
-it before anything is changed, and verified again against the local manifest."""
+it before anything is changed, and verified again against the local manifest. The transfer code (and
+boto3 with it) is loaded only when the bucket is needed: a restore from local artifacts never pays it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from ..errors import IntegrityError
 from ..progress import Progress
 from ..settings import Settings
 from ..verify import verify_artifacts
-from .transfer import fetch_snapshot, local_problem
 
 
 def fetch_if_missing(settings: Settings, entry: dict, progress: Progress) -> str | None:
@@ -17,6 +17,8 @@ def fetch_if_missing(settings: Settings, entry: dict, progress: Progress) -> str
     if problem is None or not settings.remote_url:
         return None
     progress(0, 1, f"{problem}: fetching it from {settings.remote_url}")
+    from .transfer import fetch_snapshot
+
     fetch_snapshot(settings, entry["id"], progress)
     return f"{problem}: fetched from {settings.remote_url}, SHA-256 verified"
 
@@ -30,6 +32,24 @@ def verify_or_fetch(settings: Settings, entry: dict, progress: Progress) -> list
         if not settings.remote_url:
             raise
         progress(0, 1, f"{exc}: fetching the snapshot from {settings.remote_url}")
+        from .transfer import fetch_snapshot
+
         fetch_snapshot(settings, entry["id"], progress)
         checks = verify_artifacts(settings, entry, progress=progress, scan_data=True)
         return [f"local copy refused ({exc}); fetched from {settings.remote_url}"] + checks
+
+
+def local_problem(settings: Settings, entry: dict) -> str | None:
+    """Why the local artifacts cannot be used as they are (missing folder or file, wrong size), or None.
+    Cheap: SHA-256 is the verification's job."""
+    folder = settings.backup_dir / entry["id"]
+    if not folder.is_dir():
+        return f"snapshot folder {folder} is missing"
+    for name, art in sorted(entry["artifacts"].items()):
+        try:
+            size = (folder / art["file"]).stat().st_size
+        except FileNotFoundError:
+            return f"{name} artifact {art['file']} is missing"
+        if size != art["size"]:
+            return f"{name} artifact {art['file']} has {size} bytes, {art['size']} recorded"
+    return None

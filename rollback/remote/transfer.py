@@ -265,20 +265,4 @@ def _check_room(settings: Settings, needed: int) -> None:
                             f"{needed >> 20} MiB needed")
 
 
-def local_problem(settings: Settings, entry: dict) -> str | None:
-    """Why the local artifacts cannot be used as they are (missing folder or file, wrong size), or None.
-    Cheap: SHA-256 is the verification's job."""
-    folder = settings.backup_dir / entry["id"]
-    if not folder.is_dir():
-        return f"snapshot folder {folder} is missing"
-    for name, art in sorted(entry["artifacts"].items()):
-        try:
-            size = (folder / art["file"]).stat().st_size
-        except FileNotFoundError:
-            return f"{name} artifact {art['file']} is missing"
-        if size != art["size"]:
-            return f"{name} artifact {art['file']} has {size} bytes, {art['size']} recorded"
-    return None
-
-
-__all__ = ["RemoteError", "fetch_snapshot", "local_problem", "open_record", "record_failure", "upload_snapshot"]
+__all__ = ["RemoteError", "fetch_snapshot", "open_record", "record_failure", "upload_snapshot"]

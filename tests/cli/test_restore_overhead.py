@@ -6,6 +6,7 @@ Wall times are printed (`pytest -s`), never asserted."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from rollback.snapshot import create_snapshot
 from rollback.standby import prepare_standby
 from tests import state
 from tests.canary.fixtures import webhook  # noqa: F401 (a fixture)
-from tests.conftest import cli
+from tests.conftest import ROOT, cli
 
 BACKGROUND_DEADLINE_SEC = 120
 
@@ -33,11 +34,16 @@ def _restore(live_env: dict, snapshot_id: str, label: str):
     return result
 
 
-def _wait_for_verified(settings, snapshot_id: str) -> dict:
+def _verified(settings, snapshot_id: str) -> dict | None:
+    return Manifest.for_settings(settings).resolve(snapshot_id).get("verified")
+
+
+def _wait_for_verified(settings, snapshot_id: str, before: dict | None) -> dict:
+    """The verification recorded after `before` (the record the standby's preparation left)."""
     deadline = time.monotonic() + BACKGROUND_DEADLINE_SEC
     while time.monotonic() < deadline:
-        verified = Manifest.for_settings(settings).resolve(snapshot_id).get("verified")
-        if verified:
+        verified = _verified(settings, snapshot_id)
+        if verified and verified != before:
             return verified
         time.sleep(0.1)
     pytest.fail(f"the background verification of {snapshot_id} recorded nothing in the manifest")
@@ -65,6 +71,7 @@ def test_warm_restore_through_the_worker_then_verified_in_background(live_env, s
     snap = create_snapshot(settings)
     prepare_standby(settings, snap["id"])
     state.bad_deploy(settings, settings.app_repo_dir)
+    prepared = _verified(settings, snap["id"])
 
     result = _restore(live_env, snap["id"], "warm restore")
 
@@ -74,7 +81,7 @@ def test_warm_restore_through_the_worker_then_verified_in_background(live_env, s
     for step in ("preflight", "db", "data", "code", "readyz"):
         assert f"  {step:<9} ok" in result.stdout
     assert state.capture(settings) == before
-    verified = _wait_for_verified(settings, snap["id"])
+    verified = _wait_for_verified(settings, snap["id"], prepared)
     assert verified["ok"] is True, verified
     log = settings.rollback_log.read_text()
     assert "verify" in log and "mismatch" not in log
@@ -88,13 +95,14 @@ def test_background_check_alerts_on_a_dump_corrupted_after_the_standby(live_env,
     prepare_standby(settings, snap["id"])
     _flip_a_byte(settings.backup_dir / snap["id"] / snap["artifacts"]["db"]["file"])
     state.bad_deploy(settings, settings.app_repo_dir)
+    prepared = _verified(settings, snap["id"])
 
     result = _restore(live_env, snap["id"], "warm restore, corrupt dump")
 
     assert result.returncode == 0, result.stdout + result.stderr  # the standby, not the dump, was restored
     assert "SUCCEEDED" in result.stdout
     assert state.capture(settings) == before
-    verified = _wait_for_verified(settings, snap["id"])
+    verified = _wait_for_verified(settings, snap["id"], prepared)
     assert verified["ok"] is False and "SHA-256 mismatch" in verified["error"], verified
     deadline = time.monotonic() + BACKGROUND_DEADLINE_SEC
     while not webhook.texts() and time.monotonic() < deadline:
@@ -146,3 +154,20 @@ def test_local_warm_restore_verifies_after_reporting(live_env, settings, webhook
     verified = Manifest.for_settings(settings).resolve(snap["id"])["verified"]
     assert verified["ok"] is False and "SHA-256 mismatch" in verified["error"]
     assert any(snap["id"] in text for text in webhook.texts()), webhook.texts()
+
+
+def test_a_client_sending_a_restore_loads_neither_the_steps_nor_boto3(env):
+    """What the CLI and the console import to admit and send a restore stays light; the worker loads the
+    steps when it starts (celeryconfig.imports), so no restore's first step pays that import either."""
+    import subprocess
+    import sys
+
+    import celeryconfig
+
+    probe = ("import sys, tasks, manage.rollback, rollback.remote; "
+             "print(sorted(m for m in ('rollback.restore_steps', 'boto3', 'psycopg') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert "rollback.restore_steps" in celeryconfig.imports
