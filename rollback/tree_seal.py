@@ -39,8 +39,10 @@ def _start_points(root: Path) -> tuple[list[str], list[str]]:
     split breadth first, names sorted, until there are enough start points to spread over the groups."""
     units, head = ["."], []
     for _depth in range(MAX_SPLIT_DEPTH):
-        folders = [u for u in units if os.path.isdir(os.path.join(root, u)) and not os.path.islink(os.path.join(root, u))]
-        if len(units) >= MIN_UNITS or not folders:
+        if len(units) >= MIN_UNITS:  # checked first: a split can yield many start points, none to stat again
+            break
+        folders = {u for u in units if stat.S_ISDIR(os.lstat(os.path.join(root, u)).st_mode)}
+        if not folders:
             break
         split = []
         for unit in units:

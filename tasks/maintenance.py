@@ -44,8 +44,6 @@ def verify_after_restore(self, snapshot_id: str, txn: str) -> dict:
     return verify_after_standby_restore(get_settings(), snapshot_id, txn)
 
 
-
-
 @task_postrun.connect
 def _verify_once_a_standby_restore_ends(sender=None, args=None, kwargs=None, **_) -> None:
     """When a restore that took the warm standby ends (whichever step ends it, succeeded or failed),
