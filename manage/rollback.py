@@ -152,7 +152,22 @@ def cmd_snapshot(settings: Settings, args, out: Printer) -> int:
     if args.local:
         from rollback.snapshot import create_snapshot
 
+        from rollback.verify import index_after_snapshot
+
         entry = create_snapshot(settings, notes=args.notes, progress=out)
+        # No worker here to index the archive in the background: do it now (an entry created while the
+        # snapshot ran is caught here rather than by the restore).
+        out("index", 0, 1, "reading the data archive back (member policy, listing, tree hash)")
+        index = index_after_snapshot(settings, entry["id"])
+        if index.get("unsafe"):
+            print(f"snapshot {entry['id']} recorded, but its data archive holds a member a restore refuses "
+                  f"({index['unsafe']}; created while the snapshot ran): remove it and snapshot again", file=sys.stderr)
+            return EXIT_FAILED
+        if not index["indexed"]:
+            print(f"snapshot {entry['id']} recorded, but its data archive could not be read back: {index['error']}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        out("index", 1, 1, f"{index['files']} files, {index['bytes']} bytes indexed")
     else:
         from tasks.snapshot import take_snapshot
 

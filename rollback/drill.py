@@ -26,7 +26,7 @@ from typing import Iterator
 
 import psycopg
 
-from . import logbook, migrations_info, pg, snapshot_stats, sqlprobe
+from . import logbook, migrations_info, pg, snapshot_stats, sqlprobe, tree_index
 from .archive import remove_tree
 from .errors import LockHeld, RollbackError, SnapshotNotFound
 from .ids import utc_now_iso
@@ -221,7 +221,7 @@ def check_restored(settings: Settings, entry: dict, db: str, tree: Path) -> list
         _check("alembic", lambda: _check_alembic(settings, entry, db)),
         _check("users_file", lambda: _check_users_file(settings, tree)),
         _check("row_counts", lambda: _compare_rows(settings, db, stats.get("tables"))),
-        _check("data_tree", lambda: _compare_tree(tree, stats.get("data"))),
+        _check("data_tree", lambda: _compare_tree(settings, entry, tree)),
     ]
 
 
@@ -286,14 +286,21 @@ def _compare_rows(settings: Settings, db: str, recorded: dict | None) -> str:
     return f"{len(got)} tables, {sum(got.values())} rows, as recorded"
 
 
-def _compare_tree(tree: Path, recorded: dict | None) -> str:
-    if recorded is None:
-        raise _Skipped("the snapshot recorded no data tree summary (taken by an older version)")
-    got = snapshot_stats.tree_summary(tree)
+def _compare_tree(settings: Settings, entry: dict, tree: Path) -> str:
+    recorded = tree_index.recorded_summary(settings.backup_dir / entry["id"], entry)
+    indexed_now = recorded is None
+    if indexed_now:  # the index that follows the snapshot never ran: this proves the extraction only
+        recorded = tree_index.ensure_index(settings, entry)
+    if "unsafe" in recorded:
+        raise CheckFailed(f"the snapshot's archive holds a member a restore refuses: {recorded['unsafe']}")
+    got = tree_index.tree_summary(tree)
     diffs = [f"{k} {got[k]}, recorded {recorded.get(k)}" for k in ("files", "bytes", "tree_sha256")
              if got[k] != recorded.get(k)]
     if diffs:
         raise CheckFailed("; ".join(diffs))
+    if indexed_now:
+        return (f"{got['files']} files, {got['bytes']} bytes, tree hash as the archive's (indexed only now: the "
+                f"archive is not compared with the index taken after the snapshot)")
     return f"{got['files']} files, {got['bytes']} bytes, tree hash as recorded"
 
 

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from psycopg import sql
 
-from . import migrations_info, pg, snapshot_stats, standby
+from . import migrations_info, pg, standby, tree_index
 from .diff.tables import table_inventory
 from .diff.tree import FIRST_PATHS, TreeEntry, walk_tree
 from .errors import RollbackError
@@ -36,7 +36,6 @@ from .settings import Settings
 PLAN_EXACT_MAX_ROWS = 1_000_000  # above this (Postgres' estimate), a table's row count is the estimate
 MAX_COMMITS = 50
 HISTORY = 10  # the newest restores of a path its estimate is the median of
-LISTING = "data-listing.jsonl"
 
 
 def build_plan(settings: Settings, snapshot_ref: str) -> dict:
@@ -150,7 +149,7 @@ def _counters_since(conn, baseline: dict) -> tuple[dict[str, dict], str]:
 
 # -- data tree --------------------------------------------------------------------------------
 def _data(settings: Settings, entry: dict) -> dict:
-    listing = settings.backup_dir / entry["id"] / ((entry.get("stats") or {}).get("data_listing") or LISTING)
+    listing = settings.backup_dir / entry["id"] / ((entry.get("stats") or {}).get("data_listing") or tree_index.DATA_LISTING)
     counts = {"added": 0, "changed": 0, "removed": 0}
     first: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
     live = settings.data_base_dir
@@ -160,10 +159,13 @@ def _data(settings: Settings, entry: dict) -> dict:
         if not archive.is_file():
             return dict(counts, first=first, exact=False,
                         note="this snapshot has neither a listing of the data tree nor its archive here")
-        # Taken by an older version, or pulled from the bucket (which keeps only the artifacts):
-        # list the archive once, beside it, as a snapshot does while writing it.
-        snapshot_stats.archive_summary(archive, listing)
-        note = "the data tree's listing was built from the snapshot's archive (the snapshot came without one)"
+        # Not indexed yet (the index runs just after the snapshot), or pulled from the bucket (which keeps
+        # only the artifacts): index the archive now, as the background task would.
+        summary = tree_index.ensure_index(settings, entry)
+        if "unsafe" in summary:
+            return dict(counts, first=first, exact=False,
+                        note=f"the snapshot's archive holds a member a restore refuses: {summary['unsafe']}")
+        note = "the data tree's listing was built from the snapshot's archive now (it had not been indexed yet)"
     if not live.is_dir():
         return dict(counts, first=first, exact=False, note=f"DATA_BASE_DIR {live} is not a directory")
 

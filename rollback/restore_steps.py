@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import discarded, logbook, migrations_info, remote, standby
+from . import discarded, logbook, migrations_info, remote, standby, tree_index
 from .errors import IntegrityError, PreflightFailed, RollbackError, StepFailed
 from .http_probe import wait_until_ready
 from .journal import Journal
@@ -70,6 +70,7 @@ def preflight(ctx: StepContext) -> str:
     cold, standby_note = _choose_standby(ctx)
     if cold:
         checks = remote.verify_or_fetch(settings, snap, ctx.progress.fraction(0, 0.5))
+        _refuse_an_archive_the_index_refused(settings, snap)
     else:
         checks = [WARM_ARTIFACTS_NOTE]
     checks = [fetched] + checks if fetched else checks
@@ -95,6 +96,18 @@ def _choose_standby(ctx: StepContext) -> tuple[bool, str]:
     if record:
         return False, f"warm standby of {record['snapshot_id']} will be used"
     return True, f"cold restore ({why})"
+
+
+def _refuse_an_archive_the_index_refused(settings: Settings, snap: dict) -> None:
+    """The index that follows a snapshot applies the member policy to its archive; an entry created while
+    the snapshot ran may have been refused there. The extraction would refuse it too, but only after the
+    db step: say so now, while nothing has changed."""
+    folder = settings.backup_dir / snap["id"]
+    summary = tree_index.recorded_summary(folder, snap)
+    if summary and "unsafe" in summary:
+        raise PreflightFailed(f"snapshot {snap['id']}: its data archive holds a member a restore refuses "
+                              f"({summary['unsafe']}; see {folder / tree_index.DATA_SUMMARY}); restore an "
+                              f"older snapshot")
 
 
 def _check_room(settings: Settings, snap: dict) -> None:

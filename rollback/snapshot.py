@@ -78,8 +78,7 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
         check_restorable_revision(settings, alembic_revision)
         tmp.mkdir(mode=0o700)
 
-        tree = snapshot_stats.TreeListing()
-        (db_art, row_counts), data_art = _dump_and_archive(settings, tmp, tree, progress)
+        (db_art, row_counts), data_art = _dump_and_archive(settings, tmp, progress)
 
         progress.report("record", 0, 1, "recording the snapshot")
         entry = {
@@ -93,7 +92,7 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
             "database": settings.database.dbname,
             "data_dir": str(settings.data_base_dir),
             "artifacts": {"db": db_art, "data": data_art},
-            "stats": snapshot_stats.record(row_counts, tmp, tree, snapshot_stats.write_counters(settings)),
+            "stats": snapshot_stats.record(row_counts, snapshot_stats.write_counters(settings)),
             "ready_check": None,
             "verified": {"at": created_at, "ok": True},
             "tool_version": __version__,
@@ -120,11 +119,9 @@ def _take(settings: Settings, manifest: Manifest, snapshot_id: str, notes: str, 
     return entry
 
 
-def _dump_and_archive(settings: Settings, tmp: Path, tree: snapshot_stats.TreeListing,
-                      progress: Progress) -> tuple[tuple[dict, dict], dict]:
+def _dump_and_archive(settings: Settings, tmp: Path, progress: Progress) -> tuple[tuple[dict, dict], dict]:
     """pg_dump and the data archive at the same time; the first failure stops the other (its child is
     killed at its next chunk) and is raised once both have ended, so nothing still writes into tmp.
-    The archive's members are listed into `tree` as they are written.
     Returns ((dump artifact, row counts), data artifact)."""
     shared = SharedSink(progress.sink)
 
@@ -143,7 +140,7 @@ def _dump_and_archive(settings: Settings, tmp: Path, tree: snapshot_stats.TreeLi
     def archive(check) -> dict:
         data_progress = checked("data", check)
         data_progress(0, 1, f"archiving {settings.data_base_dir}")
-        art = data_tree.archive_for_snapshot(settings, tmp, data_progress, visit=tree.visit)
+        art = data_tree.archive_for_snapshot(settings, tmp, data_progress)
         data_progress(1, 1, f"archive {art['size']} bytes")
         return art
 

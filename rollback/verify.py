@@ -1,10 +1,11 @@
-"""Verification of a snapshot's artifacts: sizes, SHA-256, and a readable dump."""
+"""Verification of a snapshot's artifacts: sizes, SHA-256, and a readable dump; and the index of its data
+archive built just after it (rollback.tree_index), which applies the restore's member policy again."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import logbook
+from . import logbook, tree_index
 from .archive import measure_archive
 from .errors import IntegrityError, RollbackError
 from .fsutil import sha256_file
@@ -115,3 +116,28 @@ def verify_after_standby_restore(settings: Settings, snapshot_id: str, txn: str)
         return {"id": snapshot_id, "ok": False, "error": str(exc)}
     logbook.rollback_event(settings.rollback_log, txn, "verify", "ok", snapshot=snapshot_id)
     return report
+
+
+def index_after_snapshot(settings: Settings, snapshot_id: str) -> dict:
+    """Index a new snapshot's data archive (a background task right after the snapshot). A member the
+    policy refuses (an entry created while the snapshot ran) or bytes that no longer match the manifest
+    are alerted: a cold restore of that snapshot would be refused. Never raises for what it finds; a
+    snapshot it could not index (pruned meanwhile, say) is indexed by its first reader instead."""
+    try:
+        entry = Manifest.for_settings(settings).resolve(snapshot_id)
+        summary = tree_index.ensure_index(settings, entry)
+    except IntegrityError as exc:
+        logbook.append(settings.rollback_log, logbook.format_event("snapshot index failed", id=snapshot_id, error=str(exc)))
+        send_alert(settings, f"rollback: snapshot {snapshot_id}'s data archive does not match its manifest ({exc}); "
+                             f"a cold restore of it would be refused")
+        return {"id": snapshot_id, "indexed": False, "error": str(exc)}
+    except (RollbackError, OSError) as exc:
+        error = str(exc) if isinstance(exc, RollbackError) else f"{exc.strerror or exc} ({exc.filename or ''})"
+        logbook.append(settings.rollback_log, logbook.format_event("snapshot index failed", id=snapshot_id, error=error))
+        return {"id": snapshot_id, "indexed": False, "error": error}
+    if "unsafe" in summary:
+        send_alert(settings, f"rollback: snapshot {snapshot_id}'s data archive holds a member a restore refuses "
+                             f"({summary['unsafe']}): it was created while the snapshot ran; a restore of this "
+                             f"snapshot will be refused, take a new one")
+        return {"id": snapshot_id, "indexed": True, "unsafe": summary["unsafe"]}
+    return {"id": snapshot_id, "indexed": True, **summary}

@@ -1,16 +1,15 @@
 """Create the compressed tar archive that holds a snapshot of the data directory.
 
 GNU tar writes the tree to a pipe; we compress it (gzip, or zstd on all cores) into the artifact
-through a HashingWriter, so the SHA-256 and size are known without reading the file again. With
-`scan=True` the same uncompressed stream also goes through the restore's member policy (LiveScan),
-so an archive a restore would refuse is refused now, still without a second read.
+through a HashingWriter, so the SHA-256 and size are known without reading the file again. (Which
+members a restore may write is checked on the live tree before, by tree_check, and on the archive
+after, by rollback.tree_index.)
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import tarfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import BinaryIO, Callable, Iterator
 from rollback import proc
 from rollback.fsutil import HashingWriter, fsync_dir
 
-from .live_scan import LiveScan
-from .policy import MemberPolicy
 from .stream import CODECS
 
 DEFAULT_EXCLUDES = (".pre-*", ".rollback-stage-*", ".rollback-standby*")  # top-level names under the data dir never archived
@@ -46,16 +43,12 @@ def create_archive(
     zstd_level: int = 3,
     progress: Callable[[int], None] | None = None,
     timeout: float | None = None,
-    scan: bool = False,
-    visit: Callable[[tarfile.TarInfo, str | None], None] | None = None,
 ) -> ArchiveInfo:
     """Archive source_dir into a new compressed POSIX tar at dest_file (must not exist yet).
 
     `progress` receives the number of tar bytes read so far. Raises CommandFailed if tar fails or
     times out; OSErrors while writing (ENOSPC ...) propagate unchanged. The partial dest_file is
-    removed on any failure. `scan`: check every member as a restore would while writing; raises
-    UnsafeArchive naming the first refused one; `visit` (with scan) then sees every member and the
-    SHA-256 of each regular file's content (live_scan.LiveScan).
+    removed on any failure.
     """
     source_dir, dest_file = Path(source_dir), Path(dest_file)
     if codec not in CODECS:
@@ -64,36 +57,22 @@ def create_archive(
     # O_EXCL: never clobber an existing artifact (and never delete one we did not create).
     fd = os.open(dest_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     out = os.fdopen(fd, "wb")
-    # Regular files can never exceed the tar stream that holds them: no separate size cap here.
-    scanner = LiveScan(MemberPolicy(max_bytes=1 << 62), dest_file.name, visit) if scan else None
     try:
         sink = HashingWriter(out)
         with _compressing(codec, sink, zstd_level if codec == "zstd" else gzip_level) as compressed:
-            write = compressed.write if scanner is None else _tee(compressed.write, scanner.write)
-            tar_bytes = proc.stream(argv, stdout=write, progress=progress, env=TAR_ENV, timeout=timeout)
-        if scanner is not None:
-            scanner.finish()
+            tar_bytes = proc.stream(argv, stdout=compressed.write, progress=progress, env=TAR_ENV, timeout=timeout)
         out.flush()
         os.fchmod(out.fileno(), 0o600)
         os.fsync(out.fileno())
         out.close()
         fsync_dir(dest_file.parent)
     except BaseException:
-        if scanner is not None:
-            scanner.close()
         with suppress(OSError):
             out.close()  # may fail again (ENOSPC on flush); the first error is the one to report
         with suppress(FileNotFoundError):
             dest_file.unlink()
         raise
     return ArchiveInfo(file=dest_file.name, sha256=sink.sha256, size=sink.size, tar_bytes=tar_bytes, codec=codec)
-
-
-def _tee(*writers: Callable[[bytes], object]) -> Callable[[bytes], None]:
-    def write(chunk: bytes) -> None:
-        for w in writers:
-            w(chunk)
-    return write
 
 
 def _tar_create_argv(source_dir: Path, excludes: tuple[str, ...]) -> list[str]:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..archive import CODECS, create_archive, extract_archive, remove_tree
+from ..archive.tree_check import check_tree
 from .. import logbook
 from ..errors import RollbackError, StepFailed, UnsafeArchive
 from ..fsutil import exchange_paths, fsync_dir
@@ -50,21 +51,23 @@ def is_mount(data_dir: Path) -> bool:
 
 
 # -- snapshot -----------------------------------------------------------------------------------
-def archive_for_snapshot(settings: Settings, folder: Path, progress: Progress = NO_PROGRESS, visit=None) -> dict:
-    """Archive DATA_BASE_DIR into `folder` and scan the archive as a restore would, so that an
-    unrestorable snapshot is refused now, not at restore time; returns the artifact record. `visit`
-    (member, content sha256 or None) sees every member on the way (rollback.archive.create_archive)."""
+def archive_for_snapshot(settings: Settings, folder: Path, progress: Progress = NO_PROGRESS) -> dict:
+    """Check DATA_BASE_DIR as a restore would check its archive (rollback.archive.tree_check: find and
+    the member policy, no content read), so that an unrestorable tree is refused now, not at restore
+    time; then archive it into `folder`. Returns the artifact record. The archive itself is scanned
+    after the snapshot (rollback.tree_index), which catches an entry created in between."""
     data_file = folder / f"data{CODECS[settings.backup_codec]}"
     try:
-        # The member check runs on the tar stream as it is written (no second read of the archive).
-        info = create_archive(settings.data_base_dir, data_file, codec=settings.backup_codec,
-                              gzip_level=settings.gzip_level, zstd_level=SNAPSHOT_ZSTD_LEVEL, scan=True, visit=visit,
-                              progress=lambda n: progress(0, 1, f"tar: {n >> 20} MiB read"),
-                              timeout=settings.command_timeout_sec)
+        entries = check_tree(settings.data_base_dir, timeout=settings.command_timeout_sec)
     except UnsafeArchive as exc:
         raise RollbackError(f"DATA_BASE_DIR holds an entry a restore would refuse ({exc}); "
                             f"remove or replace it (absolute or outside symlinks, devices and FIFOs are not "
                             f"supported)") from None
+    progress(0, 1, f"archiving {entries} entries of {settings.data_base_dir}")
+    info = create_archive(settings.data_base_dir, data_file, codec=settings.backup_codec,
+                          gzip_level=settings.gzip_level, zstd_level=SNAPSHOT_ZSTD_LEVEL,
+                          progress=lambda n: progress(0, 1, f"tar: {n >> 20} MiB read"),
+                          timeout=settings.command_timeout_sec)
     return {"file": info.file, "sha256": info.sha256, "size": info.size, "tar_bytes": info.tar_bytes,
             "codec": info.codec}
 

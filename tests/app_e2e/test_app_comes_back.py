@@ -16,6 +16,7 @@ import pytest
 
 from rollback.journal import Journal
 from rollback.manifest import Manifest
+from rollback.tree_index import DATA_SUMMARY, tree_summary
 from tests.app_e2e.blog_app import BlogApp
 from tests.app_e2e.deploys import V1_HEAD, deploy_rename_and_damage_data, deploy_wrong_pages
 from tests.conftest import ROOT, git
@@ -59,6 +60,12 @@ def cli(env: dict, tmp_path: Path, *args: str) -> Command:
 
 def deploy_hook(env: dict, tmp_path: Path, *args: str) -> Command:
     return Command(["bash", str(ROOT / "scripts" / "deploy_hook.sh"), *args], env, tmp_path, f"hook-{args[0]}")
+
+
+def wait_for_index(env: dict, snapshot_id: str) -> dict:
+    path = Path(env["BACKUP_DIR"]) / snapshot_id / DATA_SUMMARY
+    wait_for(path.is_file, timeout=60, interval=0.1, what=f"the index of {snapshot_id}'s data archive")
+    return json.loads(path.read_text())
 
 
 def wait_for_standby(env: dict, snapshot_id: str) -> None:
@@ -187,6 +194,8 @@ def test_a_deploy_readiness_cannot_see_is_rolled_back_by_the_cli_and_the_app_ser
 
     returncode, out, err = cli(env, tmp_path, "snapshot", "--notes", "before v2", "--json").finish()
     assert returncode == 0, err
+    # The worker indexes the archive after the snapshot: what it read back is the tree the app had.
+    assert wait_for_index(env, json.loads(out)["id"]) == tree_summary(Path(env["DATA_BASE_DIR"]))
     if standby == "true":
         wait_for_standby(env, json.loads(out)["id"])
 

@@ -1,5 +1,5 @@
-"""Work done at the same time: the snapshot's dump and archive (proc.run_both), the member check on the
-archive's stream as it is written (LiveScan), and the cold restore's extraction during the db step."""
+"""Work done at the same time: the snapshot's dump and archive (proc.run_both) and the cold restore's
+extraction during the db step."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import time
 import pytest
 
 from rollback import restore as core
-from rollback.archive import create_archive
-from rollback.errors import CommandFailed, StepFailed, UnsafeArchive
+from rollback.errors import CommandFailed, StepFailed
 from rollback.journal import Journal
 from rollback.manifest import Manifest
 from rollback.proc import Cancelled, run_both, stream
@@ -62,20 +61,6 @@ def _raise_cancelled(check):
     raise Cancelled("stopped by hand")
 
 
-def test_archive_is_checked_while_written(tmp_path):
-    tree = tmp_path / "tree"
-    (tree / "sub").mkdir(parents=True)
-    (tree / "sub" / "a.json").write_text("{}" * 5000)
-    (tree / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks through the queue
-    info = create_archive(tree, tmp_path / "ok.tar.zst", codec="zstd", scan=True)
-    assert info.tar_bytes > 3 << 20 and (tmp_path / "ok.tar.zst").stat().st_size == info.size
-
-    (tree / "sub" / "escape").symlink_to("/etc/passwd")
-    with pytest.raises(UnsafeArchive, match="sub/escape"):
-        create_archive(tree, tmp_path / "bad.tar.zst", codec="zstd", scan=True)
-    assert not (tmp_path / "bad.tar.zst").exists()  # the refused archive is not left behind
-
-
 def test_snapshot_refuses_an_unrestorable_tree(settings):
     (settings.data_base_dir / "uploads").mkdir(exist_ok=True)
     os.mkfifo(settings.data_base_dir / "uploads" / "pipe")
@@ -123,18 +108,3 @@ def test_a_failed_db_step_removes_what_was_extracted_meanwhile(settings):
     assert _staging_paths(settings) == []
     assert "data_phase" not in Journal(settings.backup_dir).load(doc["txn"])["marks"]
     assert state.capture(settings) == broken
-
-
-def test_the_live_scan_shows_every_member_and_its_content_hash(tmp_path):
-    import hashlib
-
-    tree = tmp_path / "tree"
-    (tree / "d").mkdir(parents=True)
-    blob = os.urandom((2 << 20) + 123)
-    (tree / "d" / "blob.bin").write_bytes(blob)
-    (tree / "link").symlink_to("d/blob.bin")
-    seen = {}
-    create_archive(tree, tmp_path / "a.tar.zst", codec="zstd", scan=True,
-                   visit=lambda member, digest: seen.__setitem__(member.name, digest))
-    assert seen["./d/blob.bin"] == hashlib.sha256(blob).hexdigest()
-    assert seen["./link"] is None and seen["./d"] is None

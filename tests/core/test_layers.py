@@ -24,7 +24,7 @@ MODULE_LAYER = {
                      "tree_seal"],
                     "primitives"),
     **dict.fromkeys(["manifest", "journal", "lock"], "records"),
-    **dict.fromkeys(["resources", "snapshot_stats", "diff"], "resources"),
+    **dict.fromkeys(["resources", "snapshot_stats", "tree_index", "diff"], "resources"),
     **dict.fromkeys(["snapshot", "verify", "standby", "restore_steps", "restore", "cleanup", "retention", "canary",
                      "check", "fingerprint", "manager", "plan", "discarded", "discarded_summary", "carry_forward", "remote", "space", "drill"], "operations"),
     "flask": "integration",

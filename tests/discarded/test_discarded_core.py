@@ -17,6 +17,7 @@ from rollback.errors import RollbackError
 from rollback.plan import build_plan
 from rollback.restore import run_restore_local
 from rollback.snapshot import create_snapshot
+from rollback.verify import index_after_snapshot
 from tests import state
 from tests.discarded.writes import GroundTruth, keep_writing
 
@@ -26,6 +27,8 @@ def test_plan_report_and_carry_forward(settings, strategy):
     settings = settings.with_overrides(db_restore_strategy=strategy)  # in-place: the report reads its pre-copy
     snap = create_snapshot(settings, notes="before the deploy")
     listing = settings.backup_dir / snap["id"] / "data-listing.jsonl"
+    assert not listing.exists()  # written by the index that follows the snapshot (the worker's task)
+    assert index_after_snapshot(settings, snap["id"])["indexed"]
     assert listing.is_file() and stat.S_IMODE(listing.stat().st_mode) == 0o600
     state.bad_deploy(settings, settings.app_repo_dir)  # nickname column, audit_events table, its own writes
     truth = GroundTruth.of_bad_deploy()

@@ -21,6 +21,7 @@ from rollback.lock import ServiceLock
 from rollback.manifest import Manifest
 from rollback.restore import begin_restore
 from rollback.snapshot import create_snapshot
+from rollback.verify import index_after_snapshot
 from tests import state
 from tests.canary.servers import WebhookReceiver
 from tests.conftest import PG_ADMIN, cli
@@ -111,6 +112,8 @@ def test_drill_proves_restorable_without_touching_live(settings):
     checks = {c["name"]: c for c in result["checks"]}
     assert checks["row_counts"]["ok"] and "as recorded" in checks["row_counts"]["detail"]
     assert checks["data_tree"]["ok"] and checks["users_file"]["ok"] and checks["alembic"]["ok"]
+    # No worker indexed this snapshot: the drill indexed it and says what its tree check then proves.
+    assert "indexed only now" in checks["data_tree"]["detail"], checks["data_tree"]
     # The watch overlapped the drill (it saw the scratch database) and the live state never changed.
     assert watch.saw_scratch_db
     assert len(watch.samples) >= 3, len(watch.samples)
@@ -249,6 +252,7 @@ def test_a_snapshot_starting_mid_drill_abandons_it(settings):
 
 def test_a_data_archive_missing_a_file_but_re_hashed_fails_its_drill(settings, tmp_path):
     entry = create_snapshot(settings)
+    assert index_after_snapshot(settings, entry["id"])["indexed"]  # as the worker does after a snapshot
     tampered = tmp_path / "tampered"
     shutil.copytree(settings.data_base_dir, tampered, symlinks=True)
     (tampered / "uploads" / "2026" / "photo.bin").unlink()
