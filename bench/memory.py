@@ -30,6 +30,9 @@ out = {}
 if job == "snapshot":
     from rollback.snapshot import create_snapshot
     out["id"] = create_snapshot(s, notes="memory")["id"]
+elif job == "index":
+    from rollback.verify import index_after_snapshot
+    out["indexed"] = index_after_snapshot(s, args[0])["indexed"]
 elif job == "standby":
     from rollback.standby import prepare_standby
     prepare_standby(s, args[0])
@@ -84,6 +87,7 @@ def main(argv=None) -> int:
     try:
         results["import"] = _job(env, "import")
         snap = results["snapshot"] = _job(env, "snapshot")
+        results["index"] = _job(env, "index", snap["id"])
         results["verify"] = _job(env, "verify", snap["id"])
         results["standby"] = _job(env, "standby", snap["id"])
         results["restore-warm"] = _job(env, "restore-warm", snap["id"])

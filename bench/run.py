@@ -198,6 +198,8 @@ def _operator(worker: Worker, env: dict, backup: Path, db: str, data: Path) -> d
     r["cli_rss_mb"] = snap["max_rss_mb"]
     wait_for(lambda: worker.task_seconds("rollback.standby.prepare", mark), 1800, "the standby", poll=0.2)
     r["standby_prepare"] = worker.task_seconds("rollback.standby.prepare", mark)[-1]
+    wait_for(lambda: worker.task_seconds("rollback.snapshot.index", mark), 600, "the archive's index", poll=0.2)
+    r["index"] = worker.task_seconds("rollback.snapshot.index", mark)[-1]
     worker.sample_rss()
     for kind in ("warm", "cold"):
         _settle()
@@ -243,7 +245,7 @@ def table(results: list[dict]) -> str:
     lines = [
         "| size (db + data) | naive snapshot | ours snapshot: CLI (task) | snapshot naive/ours "
         "| naive restore | ours cold restore: CLI (preflight / db / data / code) | cold naive/ours "
-        "| ours warm restore: CLI (preflight / db / data / code) | standby prep (background) "
+        "| ours warm restore: CLI (preflight / db / data / code) | index / standby prep (background) "
         "| bytes naive / ours | peak RSS worker / CLI |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -256,7 +258,7 @@ def table(results: list[dict]) -> str:
             f"| {m['cli_snapshot']:.1f} s ({m['task_snapshot']:.1f}) | {naive_snap / m['cli_snapshot']:.1f}× "
             f"| {naive_restore:.1f} s ({m['naive_pg_restore']:.1f} + {m['naive_tar_x']:.1f}) "
             f"| {m['cli_cold']:.1f} s ({steps(m, 'cold', '.1f')}) | {naive_restore / m['cli_cold']:.2f}× "
-            f"| {m['cli_warm']:.2f} s ({steps(m, 'warm', '.2f')}) | {m['standby_prepare']:.1f} s "
+            f"| {m['cli_warm']:.2f} s ({steps(m, 'warm', '.2f')}) | {m['index']:.1f} / {m['standby_prepare']:.1f} s "
             f"| {mb(m['naive_bytes'])} / {mb(m['ours_bytes'])} "
             f"| {m['worker_rss_mb']:.0f} / {m['cli_rss_mb']:.0f} MB |")
     return "\n".join(lines)
