@@ -8,6 +8,7 @@ roll the service back to the deploy built from the snapshot's commit and waits u
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +20,9 @@ from ..settings import Settings
 from . import ResumableStep
 
 GIT_TIMEOUT = 120
+# How long a git command of the code step waits for another git's .git/index.lock to go before calling it stale.
+INDEX_LOCK_WAIT_SEC = 10.0
+_INDEX_LOCK_ERRORS = ("index.lock", "remove the file manually")  # git's message; its head may be cut off
 
 
 class CodeStrategy(Protocol):
@@ -62,12 +66,13 @@ class GitStrategy:
             self._git("update-ref", f"refs/rollback/pre-{tag}", head)
             step.mark("code_pre_ref", {"ref": f"refs/rollback/pre-{tag}", "commit": head})
         if dirty:
-            stash = self._git("stash", "create", f"rollback {step.txn}: uncommitted changes before restore")
+            stash = self._git_taking_index_lock(step, "stash", "create",
+                                                f"rollback {step.txn}: uncommitted changes before restore")
             if stash:
                 self._git("update-ref", f"refs/rollback/stash-{tag}", stash)
                 step.mark("code_stash_ref", f"refs/rollback/stash-{tag}")
         step.progress(1, 2, f"git reset --hard {revision[:12]}")
-        self._git("reset", "--hard", "--quiet", revision)
+        self._git_taking_index_lock(step, "reset", "--hard", "--quiet", revision)
         syncfs(self.repo)  # the journal will say "code ok": the working tree must be on disk first
         now, _ = self.current_revision()
         if now != revision:
@@ -75,11 +80,31 @@ class GitStrategy:
         saved = f"; uncommitted changes kept in refs/rollback/stash-{tag}" if dirty else ""
         return f"{head[:12]} -> {revision[:12]} (previous kept as refs/rollback/pre-{tag}{saved})"
 
+    def _git_taking_index_lock(self, step: ResumableStep, *args: str) -> str:
+        """A git command that takes .git/index.lock. Another git may hold it for a moment (an operator's
+        `git status`, or a git of a killed attempt still finishing its last write): wait for it as git
+        advises, up to INDEX_LOCK_WAIT_SEC; a lock still there then is stale (we hold the service lock),
+        and is removed and logged before the one retry."""
+        try:
+            return self._git(*args)
+        except RollbackError as exc:
+            if not any(marker in str(exc) for marker in _INDEX_LOCK_ERRORS):
+                raise
+        lock = self._index_lock()
+        deadline = time.monotonic() + INDEX_LOCK_WAIT_SEC
+        while lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._clear_stale_index_lock(step)
+        return self._git(*args)
+
+    def _index_lock(self) -> Path:
+        lock = Path(self._git("rev-parse", "--git-path", "index.lock"))
+        return lock if lock.is_absolute() else self.repo / lock
+
     def _clear_stale_index_lock(self, step: ResumableStep) -> None:
         """A worker killed during `git reset` leaves .git/index.lock; a re-run of this step (we hold the
         service lock) would fail on it forever. Remove it, and say so in the log."""
-        lock = Path(self._git("rev-parse", "--git-path", "index.lock"))
-        lock = lock if lock.is_absolute() else self.repo / lock
+        lock = self._index_lock()
         if lock.exists():
             lock.unlink()
             logbook.rollback_event(step.settings.rollback_log, step.txn, "code", "stale_lock_removed", path=str(lock))

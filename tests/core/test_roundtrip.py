@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 
 import pytest
 
@@ -211,3 +212,30 @@ def test_code_step_clears_an_index_lock_left_by_a_killed_git(settings):
     assert doc["status"] == "succeeded"
     assert state.capture(settings) == before
     assert "step=code status=stale_lock_removed" in settings.rollback_log.read_text()
+
+
+def test_code_step_waits_for_an_index_lock_another_git_holds_for_a_moment(settings):
+    """A git running beside the code step (an operator's, or a killed attempt's still finishing) holds
+    .git/index.lock for a moment: the step waits for it, as git advises, instead of failing or removing it."""
+    import threading
+    import types
+
+    from rollback.resources.code import GitStrategy
+
+    repo = settings.app_repo_dir
+    target = git(repo, "rev-parse", "HEAD")
+    state.bad_deploy(settings, repo)
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")
+    releaser = threading.Timer(0.5, lock.unlink)
+    releaser.start()
+    step = types.SimpleNamespace(settings=settings, txn="txn-20261205T000000Z-abcdef")
+    t0 = time.monotonic()
+    try:
+        GitStrategy(repo)._git_taking_index_lock(step, "reset", "--hard", "--quiet", target)
+    finally:
+        releaser.join()
+    assert time.monotonic() - t0 >= 0.4
+    assert git(repo, "rev-parse", "HEAD") == target
+    log = settings.rollback_log.read_text() if settings.rollback_log.exists() else ""
+    assert "stale_lock_removed" not in log  # it was not stale: nothing removed
