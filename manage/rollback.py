@@ -163,11 +163,17 @@ def cmd_snapshot(settings: Settings, args, out: Printer) -> int:
             print(f"snapshot {entry['id']} recorded, but its data archive holds a member a restore refuses "
                   f"({index['unsafe']}; created while the snapshot ran): remove it and snapshot again", file=sys.stderr)
             return EXIT_FAILED
-        if not index["indexed"]:
-            print(f"snapshot {entry['id']} recorded, but its data archive could not be read back: {index['error']}",
-                  file=sys.stderr)
+        if index.get("mismatch"):
+            print(f"snapshot {entry['id']} recorded, but its data archive does not match the manifest: "
+                  f"{index['error']}", file=sys.stderr)
             return EXIT_FAILED
-        out("index", 1, 1, f"{index['files']} files, {index['bytes']} bytes indexed")
+        if not index["indexed"]:
+            # The snapshot itself is complete and verified; only the listing is missing, and its first reader
+            # (plan, drill, cold preflight) builds it. Usable, so exit 0 — but say it was not indexed.
+            print(f"warning: snapshot {entry['id']} recorded and verified, but not indexed: {index['error']} "
+                  f"(its first reader indexes it)", file=sys.stderr)
+        else:
+            out("index", 1, 1, f"{index['files']} files, {index['bytes']} bytes indexed")
     else:
         from tasks.snapshot import take_snapshot
 

@@ -122,7 +122,8 @@ def index_after_snapshot(settings: Settings, snapshot_id: str) -> dict:
     """Index a new snapshot's data archive (a background task right after the snapshot). A member the
     policy refuses (an entry created while the snapshot ran) or bytes that no longer match the manifest
     are alerted: a cold restore of that snapshot would be refused. Never raises for what it finds; a
-    snapshot it could not index (pruned meanwhile, say) is indexed by its first reader instead."""
+    snapshot it could not index for another reason (pruned meanwhile, a full disk) is indexed by its first
+    reader instead; `mismatch` tells the two failures apart."""
     try:
         entry = Manifest.for_settings(settings).resolve(snapshot_id)
         summary = tree_index.ensure_index(settings, entry)
@@ -130,7 +131,7 @@ def index_after_snapshot(settings: Settings, snapshot_id: str) -> dict:
         logbook.append(settings.rollback_log, logbook.format_event("snapshot index failed", id=snapshot_id, error=str(exc)))
         send_alert(settings, f"rollback: snapshot {snapshot_id}'s data archive does not match its manifest ({exc}); "
                              f"a cold restore of it would be refused")
-        return {"id": snapshot_id, "indexed": False, "error": str(exc)}
+        return {"id": snapshot_id, "indexed": False, "error": str(exc), "mismatch": True}
     except (RollbackError, OSError) as exc:
         error = str(exc) if isinstance(exc, RollbackError) else f"{exc.strerror or exc} ({exc.filename or ''})"
         logbook.append(settings.rollback_log, logbook.format_event("snapshot index failed", id=snapshot_id, error=error))

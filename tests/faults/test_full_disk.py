@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from rollback import restore as core
+from rollback import tree_index
 from rollback.errors import RollbackError, StepFailed
 from rollback.journal import Journal
 from rollback.lock import ServiceLock
@@ -103,6 +104,10 @@ def test_full_disk_during_snapshot(settings, env, tmp_path, figures):
                 else:
                     assert len(entries) == len(ids_before) + 1 and folders(backup) == sorted(entries)
                     outcome = "fitted"
+                    if i < 2:  # the CLI indexes too: either the index is there or it says it is not
+                        indexed = (backup / entries[-1] / tree_index.DATA_SUMMARY).exists()
+                        assert indexed != ("not indexed: No space left" in message), message
+                        outcome = "fitted" if indexed else "fitted, not indexed (warning)"
                 for snap_id in entries:  # every recorded snapshot still verifies (read-only while full)
                     verify_artifacts(on_small, Manifest(backup).get(snap_id))
             finally:
@@ -110,6 +115,41 @@ def test_full_disk_during_snapshot(settings, env, tmp_path, figures):
             case.run(outcome)
         assert verify_snapshot(on_small, first["id"])["ok"]
         assert "backup failed" in settings.rollback_log.read_text()
+
+
+def test_a_snapshot_that_fits_but_leaves_no_room_for_its_index_exits_0_with_a_warning(settings, env, tmp_path):
+    """The index is written after the snapshot is recorded; a disk that fills up between the two leaves a
+    complete, verified snapshot that is not indexed yet. The CLI says so and exits 0 (the snapshot is
+    usable); the first reader builds the index once there is room."""
+    (settings.data_base_dir / "uploads" / "noise.bin").write_bytes(os.urandom(512 << 10))
+    with tmpfs(tmp_path / "small", "6m") as small:
+        backup = small / "backup"
+        on_small = settings.with_overrides(backup_dir=backup)
+        create_snapshot(on_small, notes="first")  # manifest.json and the folder layout exist from here on
+        before = free_bytes(small)
+        create_snapshot(on_small, notes="sizing")
+        used = before - free_bytes(small)
+        tried = []
+        for extra_pages in range(0, 16):  # the first room the snapshot fits in leaves too little for the index
+            filler = fill(small, used + extra_pages * PAGE)
+            try:
+                done = cli(dict(env, BACKUP_DIR=str(backup)), "snapshot", "--local")
+            finally:
+                filler.unlink()
+            assert "Traceback" not in done.stderr, done.stderr
+            tried.append((extra_pages, done.returncode))
+            if done.returncode == 0:
+                break
+            assert "No space left on device" in done.stderr, done.stderr
+        assert done.returncode == 0, tried
+        print("full-disk index: runs (extra pages, exit code):", tried)
+        new = Manifest(backup).entries()[-1]
+        assert f"warning: snapshot {new['id']} recorded and verified, but not indexed: No space left" \
+               in done.stderr, (tried, done.stderr)
+        assert not (backup / new["id"] / tree_index.DATA_SUMMARY).exists()
+        assert verify_snapshot(on_small, new["id"])["ok"]
+        summary = tree_index.ensure_index(on_small, new)  # its first reader, with room again
+        assert summary == tree_index.tree_summary(settings.data_base_dir, skip_top=(".pre-", ".rollback-"))
 
 
 def test_verify_on_a_full_disk_is_a_one_line_error(settings, env, tmp_path):
